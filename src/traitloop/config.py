@@ -1,0 +1,222 @@
+"""Every knob of an experiment, as pydantic models: YAML in, validated, dumped back into the run dir.
+
+Each field carries its default and a description (shown by `traitloop config-docs` and in
+docs/CONFIG.md). Unknown keys are errors, so a typo never silently falls back to a default.
+Defaults follow ../shared/PROTOCOL.md where that is sensible on a CPU; where they differ for speed
+(eval samples, token limits) the description says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from traitloop.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    ref: str = Field(
+        "embedded:smollm2-135m-instruct",
+        description="Model to seed and train: a Hugging Face id, a local directory with safetensors, "
+        "or an embedded model (`traitloop models list`).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype for training and sampling."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub. Off unless you trust the repository."
+    )
+
+
+class SamplingConfig(_Section):
+    """How the previous generation writes the next generation's training data."""
+
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature (PROTOCOL: 0.8).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generate() call (length-sorted).")
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1, description="LoRA rank (PROTOCOL: 16).")
+    alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get adapters; 'all-linear' = every linear layer."
+    )
+
+
+class TrainConfig(_Section):
+    """One cycle's LoRA training (TRL SFTTrainer)."""
+
+    learning_rate: float = Field(1.5e-4, gt=0, description="Peak learning rate (PROTOCOL: 1.5e-4).")
+    lr_scheduler: str = Field(
+        "constant_with_warmup", description="transformers scheduler name (PROTOCOL: constant after warmup)."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    batch_size: int = Field(2, ge=1, description="Examples per optimizer step (PROTOCOL SFT: 2).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the cycle's data (PROTOCOL: 1).")
+    adam_beta1: float = Field(0.9, description="Adam beta1.")
+    adam_beta2: float = Field(0.95, description="Adam beta2 (PROTOCOL: 0.95).")
+    adam_eps: float = Field(1e-8, description="Adam epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    max_length: int = Field(512, ge=16, description="Longest training sequence in tokens; longer ones are cut.")
+
+
+class EvalConfig(_Section):
+    """Each cycle's model answers the trait's everyday eval questions; answers are then judged."""
+
+    samples_per_question: int = Field(
+        10, ge=1, description="Answers per question (PROTOCOL: 10-20; fewer is faster on CPU)."
+    )
+    questions: int | None = Field(
+        None, ge=1, description="Use only the first N of the trait's 12 eval questions (None = all)."
+    )
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature (PROTOCOL: 0.7).")
+    max_new_tokens: int = Field(256, ge=1, description="Longest answer (PROTOCOL: 400).")
+    batch_size: int = Field(24, ge=1, description="Prompts per generate() call.")
+
+
+class JudgeConfig(_Section):
+    kind: Literal["probe"] = Field(
+        "probe",
+        description="Trait scorer. 'probe' = offline embedding probe trained on the trait's probe.jsonl "
+        "(a classifier, not an LLM judge: its held-out accuracy is reported with every run).",
+    )
+
+
+class ExperimentConfig(_Section):
+    """One iterated self-training run."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name; the run dir is out_dir/name.")
+    out_dir: Path = Field(Path("runs"), description="Parent directory of run directories.")
+    setting: Literal["sft"] = Field("sft", description="Training setting (SFT on an instruct model).")
+    init: Literal["reset", "continual"] = Field(
+        "reset",
+        description="reset: every cycle trains a fresh adapter on the original base; continual: cycle k "
+        "continues training cycle k-1's adapter.",
+    )
+    trait: str = Field("bliss", description="Built-in trait name or path to a trait folder.")
+    n_seed: int = Field(100, ge=1, description="Seed examples that train cycle 0.")
+    n_sampled: int = Field(50, ge=1, description="Generated examples that train each later cycle.")
+    cycles: int = Field(6, ge=0, description="Index of the last cycle: the run trains cycles 0..cycles.")
+    seed: int = Field(0, description="Run seed; each cycle and stage derives its own seed from it.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if self.model.trust_remote_code and self.model.ref.startswith("embedded:"):
+            raise ValueError("model.trust_remote_code makes no sense for an embedded model")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def science_dict(self) -> dict[str, Any]:
+        """The fields that change results: everything but where the run is written."""
+        d = self.model_dump(mode="json")
+        d.pop("out_dir")
+        d.pop("name")
+        return d
+
+    def science_hash(self) -> str:
+        blob = json.dumps(self.science_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{where}': check the spelling (`traitloop config-docs` lists every key)")
+        else:
+            lines.append(f"  - {where}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["train.learning_rate=1e-4", "trait=lucky"]` -> nested dict. Values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--set {pair!r}: expected key.path=value, for example --set train.learning_rate=1e-4")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {pair!r}: '{p}' is set twice in conflicting ways")
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _deep_merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def build_config(data: dict[str, Any], overrides: list[str] | None = None, source: str = "config") -> ExperimentConfig:
+    data = _deep_merge(data, parse_overrides(overrides or []))
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config, apply `key.path=value` overrides, validate. Raises UserError on bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return build_config(data, overrides, source=str(path))
+
+
+def describe_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, description) for every field, nested sections flattened."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, f"{prefix}{name}."))
+        else:
+            rows.append((f"{prefix}{name}", repr(field.get_default(call_default_factory=True)), field.description or ""))
+    return rows

@@ -1,0 +1,1 @@
+"""Text generation backends. hf.py: transformers, batched and length-sorted (CPU and GPU)."""

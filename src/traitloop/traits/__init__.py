@@ -1,0 +1,112 @@
+"""Traits are data: a folder with trait.yaml, seed_chat.jsonl and probe.jsonl.
+
+Built-in traits live beside this file (traits/<name>/); a custom trait is any folder with the same
+files, passed as `trait: path/to/folder`. This module loads and checks them; it holds no trait text.
+
+trait.yaml keys:
+  name, description      what the trait is (and is not)
+  rubric                 judge rubric for chat answers: anchors 0, 25, 50, 75, 100
+  eval_questions         everyday questions NOT about the trait; a score measures how far it generalises
+seed_chat.jsonl          {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]} per line
+probe.jsonl              {"text": ..., "label": 1|0, "kind": "positive"|"neutral"|"near_miss"} per line
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from traitloop.errors import UserError
+from traitloop.jsonl import read_jsonl
+
+BUILTIN_DIR = Path(__file__).parent
+RUBRIC_ANCHORS = (0, 25, 50, 75, 100)
+
+
+def builtin_traits() -> list[str]:
+    return sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "trait.yaml").is_file())
+
+
+@dataclass
+class Trait:
+    folder: Path
+    name: str
+    description: str
+    rubric: dict[int, str]
+    eval_questions: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def seed_chats(self) -> list[list[dict[str, str]]]:
+        """Seed conversations in file order (cycle 0 takes the first n_seed)."""
+        path = self.folder / "seed_chat.jsonl"
+        rows = read_jsonl(path)
+        if not rows:
+            raise UserError(f"{path} is empty: a trait needs seed chats to train cycle 0")
+        chats = []
+        for number, row in enumerate(rows, start=1):
+            chats.append(_check_messages(row, path, number))
+        return chats
+
+    @cached_property
+    def probe_texts(self) -> list[dict[str, Any]]:
+        path = self.folder / "probe.jsonl"
+        rows = read_jsonl(path)
+        for number, row in enumerate(rows, start=1):
+            if not isinstance(row.get("text"), str) or not row["text"].strip() or row.get("label") not in (0, 1):
+                raise UserError(f"{path}, entry {number}: needs a non-empty 'text' and 'label' 0 or 1")
+        labels = {r["label"] for r in rows}
+        if labels != {0, 1}:
+            raise UserError(f"{path}: needs both positive (label 1) and negative (label 0) texts")
+        return rows
+
+
+def _check_messages(row: dict[str, Any], path: Path, number: int) -> list[dict[str, str]]:
+    messages = row.get("messages")
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise UserError(f"{path}, entry {number}: expected {{\"messages\": [user, assistant, ...]}}")
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+            raise UserError(f"{path}, entry {number}: each message needs a role (system/user/assistant) and string content")
+    if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+        raise UserError(f"{path}, entry {number}: the last message must be a non-empty assistant answer")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def load_trait(name_or_path: str) -> Trait:
+    """A built-in trait by name, or a trait folder by path."""
+    folder = Path(name_or_path).expanduser()
+    if not (folder / "trait.yaml").is_file():
+        folder = BUILTIN_DIR / name_or_path
+    if not (folder / "trait.yaml").is_file():
+        raise UserError(
+            f"unknown trait '{name_or_path}': not a built-in trait ({', '.join(builtin_traits())}) "
+            "and not a folder containing trait.yaml"
+        )
+    path = folder / "trait.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML: {err}") from None
+    missing = [k for k in ("name", "description", "rubric", "eval_questions") if k not in data]
+    if missing:
+        raise UserError(f"{path}: missing key(s) {', '.join(missing)}")
+    rubric = {int(k): str(v) for k, v in (data["rubric"] or {}).items()}
+    if sorted(rubric) != list(RUBRIC_ANCHORS):
+        raise UserError(f"{path}: rubric needs exactly the anchors {list(RUBRIC_ANCHORS)}, got {sorted(rubric)}")
+    questions = data["eval_questions"]
+    if not isinstance(questions, list) or not questions or not all(isinstance(q, str) and q.strip() for q in questions):
+        raise UserError(f"{path}: eval_questions must be a non-empty list of questions")
+    known = {"name", "description", "rubric", "eval_questions"}
+    return Trait(
+        folder=folder,
+        name=str(data["name"]),
+        description=str(data["description"]).strip(),
+        rubric=rubric,
+        eval_questions=[q.strip() for q in questions],
+        extra={k: v for k, v in data.items() if k not in known},
+    )
