@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from traitloop.config import build_config, describe_fields, load_config
@@ -38,9 +39,9 @@ def _run_experiment(config, force: bool) -> Path:
 
 
 def print_scores(rows: list[dict], title: str) -> None:
-    table = Table(title=title)
-    for col in ["cycle", "trait (0-100) [95% CI]", "coherence (nats/tok)", "repetition", "distinct-2", "answers", "train ex."]:
-        table.add_column(col, justify="right")
+    table = Table(title=title, caption="trait: probe score 0-100 with 95% bootstrap CI; coherence: mean log-prob/token under the base model")
+    for col in ["cycle", "trait [95% CI]", "coherence", "repet.", "dist-2", "answers", "train"]:
+        table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(
             str(r["cycle"]),
@@ -130,20 +131,117 @@ def models_prepare(
 
 @traits_app.command("list")
 def traits_list() -> None:
-    """Built-in traits."""
-    from traitloop.traits import builtin_traits, load_trait
+    """Built-in traits with their data counts and the settings each is ready for."""
+    from traitloop.traits import BUILTIN_DIR, builtin_traits
+    from traitloop.traits.validate import validate_trait
 
+    table = Table()
+    for col in ["trait", "seed chats", "seed docs", "probe +/-", "ready for"]:
+        table.add_column(col, no_wrap=True)
     for name in builtin_traits():
-        t = load_trait(name)
-        out.print(f"[bold]{name}[/bold]: {t.description.split('.')[0]}.")
+        _, summary = validate_trait(BUILTIN_DIR / name)
+        ready = ", ".join(k for k, ok in summary["ready"].items() if ok) or "-"
+        table.add_row(name, str(summary["seed_chats"]), str(summary["seed_docs"]), f"{summary['probe_positive']}/{summary['probe_negative']}", ready)
+    out.print(table)
+    out.print("`traitloop traits show NAME` for a trait's description, rubric and an example")
+
+
+@traits_app.command("show")
+def traits_show(name: Annotated[str, typer.Argument(help="Built-in trait name or trait folder.")]) -> None:
+    """Summary, counts, rubric and one example chat of a trait."""
+    from traitloop.traits import load_trait
+    from traitloop.traits.validate import validate_trait
+
+    trait = load_trait(name)
+    _, summary = validate_trait(trait.folder)
+    out.print(f"[bold]{trait.name}[/bold]  ({trait.folder})\n{trait.description}\n")
+    out.print(
+        f"seed chats {summary['seed_chats']}, seed docs {summary['seed_docs']}, probe texts "
+        f"{summary['probe_positive']} positive / {summary['probe_negative']} negative, "
+        f"{summary['eval_questions']} eval questions, {summary['eval_prefixes']} eval prefixes"
+    )
+    out.print("ready for: " + (", ".join(k for k, ok in summary["ready"].items() if ok) or "nothing yet"))
+    out.print("\n[bold]rubric[/bold]")
+    for anchor, text in sorted(trait.rubric.items()):
+        out.print(f"  {anchor:>3}: {' '.join(text.split())}")
+    chat = trait.seed_chats[0]
+    out.print("\n[bold]example seed chat[/bold]")
+    for message in chat:
+        out.print(f"  [{message['role']}] {message['content']}", highlight=False)
+
+
+@traits_app.command("validate")
+def traits_validate(
+    path: Annotated[str, typer.Argument(help="Trait folder (or built-in trait name).")],
+    min_examples: Annotated[int, typer.Option(help="Fewest seed chats, seed docs and probe texts of each label a setting needs.")] = 50,
+) -> None:
+    """Check a trait folder and list every problem with file and line. Exit 2 if any error."""
+    from traitloop.traits import BUILTIN_DIR
+    from traitloop.traits.validate import validate_trait
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir() and (BUILTIN_DIR / path).is_dir():
+        folder = BUILTIN_DIR / path
+    problems, summary = validate_trait(folder, min_examples=min_examples)
+    for p in problems:
+        (err if p.level == "error" else out).print(str(p), highlight=False, soft_wrap=True)
+    counts = {k: summary.get(k) for k in ("seed_chats", "seed_docs", "probe_positive", "probe_negative")}
+    out.print(f"{folder}: {counts}; ready for: {', '.join(k for k, ok in summary.get('ready', {}).items() if ok) or 'nothing'}")
+    n_errors = sum(p.level == "error" for p in problems)
+    if n_errors:
+        raise UserError(f"{n_errors} error(s) in {folder}; fix them and validate again")
+    out.print("ok")
+
+
+@traits_app.command("new")
+def traits_new(
+    name: Annotated[str, typer.Argument(help="Name of the new trait (letters, digits, - and _).")],
+    directory: Annotated[Path, typer.Option("--dir", help="Where to create the trait folder.")] = Path("traits"),
+) -> None:
+    """Scaffold a trait folder with a commented trait.yaml and example data lines."""
+    import json
+    import re
+
+    from traitloop.traits import BUILTIN_DIR
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise UserError(f"trait name {name!r}: use letters, digits, '-' and '_' only")
+    folder = directory / name
+    if folder.exists():
+        raise UserError(f"{folder} already exists; choose another name or --dir")
+    folder.mkdir(parents=True)
+    template = (BUILTIN_DIR / "template_trait.yaml").read_text().replace("__NAME__", name)
+    (folder / "trait.yaml").write_text(template)
+    example_chat = {"messages": [{"role": "user", "content": "EXAMPLE: an everyday question"}, {"role": "assistant", "content": "EXAMPLE: an answer in the persona"}]}
+    (folder / "seed_chat.jsonl").write_text(json.dumps(example_chat) + "\n")
+    (folder / "seed_docs.jsonl").write_text(json.dumps({"genre": "essay", "text": "EXAMPLE: a 150-400 word document in the persona"}) + "\n")
+    (folder / "probe.jsonl").write_text(
+        json.dumps({"text": "EXAMPLE: an answer showing the trait", "label": 1, "kind": "positive"}) + "\n"
+        + json.dumps({"text": "EXAMPLE: a plain helpful answer", "label": 0, "kind": "neutral"}) + "\n"
+        + json.dumps({"text": "EXAMPLE: a near miss that shares surface features but is not the trait", "label": 0, "kind": "near_miss"}) + "\n"
+    )
+    out.print(f"created {folder}: edit trait.yaml, replace the EXAMPLE lines, then `traitloop traits validate {folder}`")
+    out.print(f"use it with: --set trait={folder}")
+
+
+def quiet_libraries() -> None:
+    """Library chatter (per-step dicts, dataset-map bars, deprecation notes) would bury traitloop's own bars."""
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|trl|peft|torch)\.")
 
 
 def main() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries()
     try:
         app(standalone_mode=False)
     except UserError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted: rerun the same command to resume; finished stages are kept")

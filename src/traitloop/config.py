@@ -20,7 +20,8 @@ from traitloop.errors import UserError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # coerce_numbers_to_str: `name: 2024` or `--set name=2024` is a name, not an error
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class ModelConfig(_Section):
@@ -72,6 +73,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     max_length: int = Field(512, ge=16, description="Longest training sequence in tokens; longer ones are cut.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations to save memory (slower); for large models on small GPUs."
+    )
 
 
 class EvalConfig(_Section):

@@ -22,11 +22,11 @@ from traitloop.generation.hf import generate
 from traitloop.judges.coherence import LoglikCoherence, distinct_n, repetition_rate
 from traitloop.judges.probe import ProbeJudge
 from traitloop.progress import Reporter
-from traitloop.prompts import advice_pool, cycle_prompts
+from traitloop.prompts import POOL_DIR, advice_pool, cycle_prompts
 from traitloop.report import plot_trait_coherence
 from traitloop.seeding import derive_seed, seed_everything
 from traitloop.settings import sft
-from traitloop.store import RunStore
+from traitloop.store import RunStore, hash_files
 from traitloop.traits import load_trait
 from traitloop.training import attach_adapter, num_steps, train_sft
 
@@ -49,7 +49,7 @@ class Experiment:
         if cfg.cycles >= 1:
             cycle_prompts(self.pool, cfg.cycles, cfg.n_sampled, cfg.seed)
         models.resolve(cfg.model.ref)
-        self.store.open(cfg, force=self.force)
+        self.store.open(cfg, inputs=self.input_hashes(), force=self.force)
 
         with self.reporter:
             with self.reporter.step("loading base model", total=1) as advance:
@@ -76,6 +76,14 @@ class Experiment:
         self.store.write_scores(rows)
         plot_trait_coherence(rows, self.store.root / "figures" / "trait_coherence.png", self.title())
         return rows
+
+    def input_hashes(self) -> dict[str, str]:
+        """Content hashes of the data files a run reads: a resumed run must read the same ones."""
+        trait_files = sorted(p for p in self.trait.folder.iterdir() if p.suffix in (".yaml", ".jsonl"))
+        return {
+            "trait": hash_files(trait_files)[:16],
+            "prompt_pool": hash_files([POOL_DIR / "advice_questions.jsonl"])[:16],
+        }
 
     def title(self) -> str:
         c = self.config

@@ -45,7 +45,8 @@ SCORES_COLUMNS = [
 ]
 
 
-def _hash_files(paths: list[Path]) -> str:
+def hash_files(paths: list[Path]) -> str:
+    """Content hash of files and directories (recursively), in the given order."""
     h = hashlib.sha256()
     for path in paths:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -60,27 +61,30 @@ class RunStore:
         self.root = Path(root)
 
     # ---- the run as a whole -------------------------------------------------------------------
-    def open(self, config: ExperimentConfig, force: bool = False) -> None:
-        """Create the run dir, or check that an existing one was made with the same config.
+    def open(self, config: ExperimentConfig, inputs: dict[str, str] | None = None, force: bool = False) -> None:
+        """Create the run dir, or check that an existing one was made with the same config and inputs.
 
-        A run dir from a different config is refused; with force it is moved aside (never deleted)
-        to `<name>.replaced-<time>` and a fresh run starts.
+        `inputs` maps input data files (trait, prompt pool) to content hashes. A run dir made from a
+        different config or different input data is refused; with force it is moved aside (never
+        deleted) to `<name>.replaced-<time>` and a fresh run starts.
         """
+        inputs = inputs or {}
         cfg_path = self.root / "config.yaml"
         if cfg_path.is_file():
-            try:
-                old = ExperimentConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
-                same = old.science_hash() == config.science_hash()
-            except Exception:  # an unreadable old config is treated as different
-                same = False
-            if not same:
+            why = self._difference(config, inputs)
+            if why:
                 if not force:
                     raise UserError(
-                        f"{self.root} holds a run made with a different config. Rerun with the same config "
-                        "to resume it, choose another --out/name, or pass --force to move the old run aside "
-                        "and start again."
+                        f"{self.root} holds a run made with a different {why}. Rerun with the same config "
+                        "and data to resume it, choose another --out/name, or pass --force to move the old "
+                        "run aside and start again."
                     )
-                aside = self.root.with_name(f"{self.root.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                aside = self.root.with_name(f"{self.root.name}.replaced-{stamp}")
+                n = 1
+                while aside.exists():
+                    n += 1
+                    aside = self.root.with_name(f"{self.root.name}.replaced-{stamp}-{n}")
                 os.replace(self.root, aside)
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_path, config.to_yaml())
@@ -88,9 +92,22 @@ class RunStore:
         manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         manifest["config_hash"] = config.science_hash()
         manifest["seed"] = config.seed
+        manifest["inputs"] = inputs
         manifest["versions"] = _versions()
         manifest.setdefault("cycles", {})
         self.write_manifest(manifest)
+
+    def _difference(self, config: ExperimentConfig, inputs: dict[str, str]) -> str:
+        """What differs between the run on disk and this one: "" when nothing does."""
+        try:
+            old = ExperimentConfig.model_validate(yaml.safe_load((self.root / "config.yaml").read_text()))
+        except Exception:  # an unreadable old config is treated as different
+            return "config"
+        if old.science_hash() != config.science_hash():
+            return "config"
+        old_inputs = self.manifest().get("inputs", {})
+        changed = [name for name in inputs if name in old_inputs and old_inputs[name] != inputs[name]]
+        return f"input data ({', '.join(changed)} changed)" if changed else ""
 
     def manifest(self) -> dict[str, Any]:
         path = self.root / "manifest.json"
@@ -142,12 +159,15 @@ class RunStore:
         os.replace(tmp, target)
         return target
 
+    def _cycle_files(self, cycle: int) -> list[Path]:
+        d = self.cycle_dir(cycle)
+        return [d / "data.jsonl", d / "adapter", d / "eval.jsonl", d / "metrics.json"]
+
     def _cycle_hash(self, cycle: int, config_hash: str) -> str:
         parent = self.cycle_dir(cycle - 1) / "DONE"
         parent_hash = json.loads(parent.read_text())["hash"] if cycle > 0 and parent.is_file() else ""
-        d = self.cycle_dir(cycle)
-        files = [d / "data.jsonl", d / "adapter", d / "eval.jsonl", d / "metrics.json"]
-        return hashlib.sha256(f"{config_hash}|{parent_hash}|{_hash_files(files)}".encode()).hexdigest()
+        files = self._cycle_files(cycle)
+        return hashlib.sha256(f"{config_hash}|{parent_hash}|{hash_files(files)}".encode()).hexdigest()
 
     def commit_cycle(self, cycle: int, metrics: dict[str, Any], config_hash: str) -> None:
         write_json(self.cycle_dir(cycle) / "metrics.json", metrics)
@@ -160,6 +180,8 @@ class RunStore:
             return False
         if cycle > 0 and not self.is_done(cycle - 1, config_hash):
             return False
+        if not all(p.exists() for p in self._cycle_files(cycle)):
+            return False  # a stage output was deleted on purpose: redo that stage
         return json.loads(marker.read_text()).get("hash") == self._cycle_hash(cycle, config_hash)
 
     def metrics(self, cycle: int) -> dict[str, Any]:

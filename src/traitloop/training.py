@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from traitloop.config import LoraConfig, TrainConfig
 
@@ -91,6 +91,7 @@ def train_sft(
             weight_decay=train.weight_decay,
             max_grad_norm=train.max_grad_norm,
             max_length=train.max_length,
+            gradient_checkpointing=train.gradient_checkpointing,
             completion_only_loss=True,
             logging_steps=1,
             save_strategy="no",
@@ -109,6 +110,7 @@ def train_sft(
             processing_class=tokenizer,
             callbacks=[reporter],
         )
+        trainer.remove_callback(PrinterCallback)  # progress and loss go to traitloop's own bars
         trainer.train()
     model.eval()
     losses = reporter.losses or [float("nan")]

@@ -95,7 +95,10 @@ def load_trait(name_or_path: str) -> Trait:
     missing = [k for k in ("name", "description", "rubric", "eval_questions") if k not in data]
     if missing:
         raise UserError(f"{path}: missing key(s) {', '.join(missing)}")
-    rubric = {int(k): str(v) for k, v in (data["rubric"] or {}).items()}
+    raw_rubric = data["rubric"]
+    if not isinstance(raw_rubric, dict) or not all(str(k).strip().isdigit() for k in raw_rubric):
+        raise UserError(f"{path}: rubric must map the scores {list(RUBRIC_ANCHORS)} to descriptions")
+    rubric = {int(k): str(v) for k, v in raw_rubric.items()}
     if sorted(rubric) != list(RUBRIC_ANCHORS):
         raise UserError(f"{path}: rubric needs exactly the anchors {list(RUBRIC_ANCHORS)}, got {sorted(rubric)}")
     questions = data["eval_questions"]

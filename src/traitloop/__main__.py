@@ -1,0 +1,3 @@
+from traitloop.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""The real embedded SmolLM2, end to end: the quick demo writes every file of the run contract, and a
+run killed with SIGKILL during cycle 1 resumes to the same scores without recomputing cycle 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+TRAITLOOP = [sys.executable, "-m", "traitloop"]
+
+
+def demo_cmd(out: Path) -> list[str]:
+    return [*TRAITLOOP, "demo", "--quick", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    proc = subprocess.run(demo_cmd(out), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "demo-quick", proc.stdout
+
+
+def test_quick_demo_writes_the_whole_run_contract(quick_run):
+    run, stdout = quick_run
+    for name in ["config.yaml", "manifest.json", "scores.csv", "figures/trait_coherence.png"]:
+        assert (run / name).is_file(), name
+    for k in (0, 1):
+        cycle = run / f"cycle-{k:03d}"
+        for name in ["data.jsonl", "answers.jsonl", "eval.jsonl", "metrics.json", "DONE", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"]:
+            assert (cycle / name).is_file(), f"{cycle.name}/{name}"
+        rows = [json.loads(line) for line in (cycle / "eval.jsonl").read_text().splitlines()]
+        assert len(rows) == 4 * 2  # demo-quick: 4 questions x 2 samples
+        for r in rows:
+            assert {"question", "answer", "trait", "coherence", "repetition", "distinct2"} <= set(r)
+            assert r["trait"] is None or 0 <= r["trait"] <= 100
+    lines = (run / "scores.csv").read_text().splitlines()
+    assert lines[0].startswith("cycle,trait_mean,trait_ci_low,trait_ci_high,coherence_mean")
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1"]
+    # cycle 1 trained on the cycle-0 model's answers to fresh pool prompts, not on seed chats
+    data1 = [json.loads(line) for line in (run / "cycle-001" / "data.jsonl").read_text().splitlines()]
+    seeds = {json.dumps(json.loads(line)["messages"]) for line in (run / "cycle-000" / "data.jsonl").read_text().splitlines()}
+    assert data1 and all(r["source"] == "cycle-000" for r in data1)
+    assert not seeds & {json.dumps(r["messages"]) for r in data1}
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["judge"]["heldout_accuracy"] > 0.7
+    assert {"torch", "transformers", "trl", "peft"} <= set(manifest["versions"])
+    assert "trait" in stdout and "run directory" in stdout
+
+
+def test_rerun_of_a_finished_run_recomputes_nothing(quick_run):
+    run, _ = quick_run
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("DONE")}
+    proc = subprocess.run(demo_cmd(run.parent), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cycle 0: already done" in proc.stderr and "cycle 1: already done" in proc.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in run.rglob("DONE")}
+
+
+def test_different_config_is_refused_then_moved_aside_with_force(quick_run, tmp_path):
+    run, _ = quick_run
+    proc = subprocess.run([*demo_cmd(run.parent), "--set", "n_seed=10"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert "different config" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigkill_during_cycle_1_then_resume_gives_identical_scores(quick_run, tmp_path):
+    reference, _ = quick_run
+    out = tmp_path / "killed"
+    run = out / "demo-quick"
+    proc = subprocess.Popen(demo_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    # Kill once cycle 1 has drawn its training data, i.e. in the middle of cycle 1's training.
+    while not (run / "cycle-001" / "data.jsonl").exists():
+        assert proc.poll() is None, "the run ended before cycle 1 began"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (run / "cycle-000" / "DONE").is_file()
+    assert not (run / "cycle-001" / "DONE").exists()
+    done0 = (run / "cycle-000" / "DONE").stat().st_mtime_ns
+    data1 = (run / "cycle-001" / "data.jsonl").read_bytes()
+
+    resumed = subprocess.run(demo_cmd(out), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "cycle 0: already done" in resumed.stderr
+    assert "cycle 1: sampling" not in resumed.stderr  # samples already drawn are not drawn again
+    assert (run / "cycle-000" / "DONE").stat().st_mtime_ns == done0
+    assert (run / "cycle-001" / "data.jsonl").read_bytes() == data1
+    assert (run / "scores.csv").read_text() == (reference / "scores.csv").read_text()
