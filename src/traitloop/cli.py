@@ -29,8 +29,9 @@ DEMO_CONFIGS = Path(__file__).parent / "configs"
 def _run_experiment(config, force: bool) -> Path:
     from traitloop.loop import Experiment
 
-    rows = Experiment(config, force=force).run()
-    print_scores(rows, f"{config.name}: {config.setting} / {config.trait} / {config.init}")
+    experiment = Experiment(config, force=force)
+    rows = experiment.run()
+    print_scores(rows, f"{config.name}: {config.setting} / {config.trait} / {config.init}", experiment.base_metrics)
     root = config.run_dir
     out.print(f"\nrun directory: [bold]{root}[/bold]")
     out.print(f"scores:        {root / 'scores.csv'}")
@@ -38,11 +39,11 @@ def _run_experiment(config, force: bool) -> Path:
     return root
 
 
-def print_scores(rows: list[dict], title: str) -> None:
+def print_scores(rows: list[dict], title: str, base: dict | None = None) -> None:
     table = Table(title=title, caption="trait: probe score 0-100 with 95% bootstrap CI; coherence: mean log-prob/token under the base model")
     for col in ["cycle", "trait [95% CI]", "coherence", "repet.", "dist-2", "answers", "train"]:
         table.add_column(col, justify="right", no_wrap=True)
-    for r in rows:
+    for r in ([{**base, "cycle": "base"}] if base else []) + rows:
         table.add_row(
             str(r["cycle"]),
             f"{r['trait_mean']:.1f} [{r['trait_ci_low']:.1f}, {r['trait_ci_high']:.1f}]",

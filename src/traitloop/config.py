@@ -90,6 +90,9 @@ class EvalConfig(_Section):
     temperature: float = Field(0.7, gt=0, description="Sampling temperature (PROTOCOL: 0.7).")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer (PROTOCOL: 400).")
     batch_size: int = Field(24, ge=1, description="Prompts per generate() call.")
+    include_base: bool = Field(
+        True, description="Also evaluate the untrained base model once, as the reference line of every figure."
+    )
 
 
 class JudgeConfig(_Section):

