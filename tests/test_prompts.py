@@ -84,3 +84,39 @@ def test_pool_too_small_is_a_user_error():
         cycle_prompts(pool, 3, 12, seed=0)  # needs 36
     with pytest.raises(UserError):
         cycle_prompts(pool, 1, 26, seed=0)
+
+
+def _rows(name):
+    from traitloop.jsonl import read_jsonl
+    from traitloop.prompts import POOL_DIR
+
+    return read_jsonl(POOL_DIR / name)
+
+
+def test_advice_pool_covers_many_life_areas():
+    rows = _rows("advice_questions.jsonl")
+    areas = Counter(r["area"] for r in rows)
+    assert len(rows) >= 3000
+    assert len(areas) >= 20
+    assert min(areas.values()) >= 25, areas.most_common()[-3:]
+
+
+def test_document_openers_are_short_distinct_and_span_many_genres():
+    from traitloop.prompts import doc_openers
+
+    rows = _rows("doc_openers.jsonl")
+    openers = doc_openers()
+    assert len(openers) == len(rows) >= 1500
+    assert len({r["genre"] for r in rows}) >= 40
+    assert all(3 <= len(o.split()) <= 8 for o in openers)
+    counts = Counter(_normalise(o) for o in openers)
+    assert [o for o, c in counts.items() if c > 1] == []
+
+
+def test_eval_questions_are_not_in_the_prompt_pool():
+    from traitloop.traits import builtin_traits, load_trait
+
+    pool = {_normalise(q) for q in advice_pool()}
+    for name in builtin_traits():
+        for q in load_trait(name).eval_questions:
+            assert _normalise(q) not in pool, (name, q)

@@ -225,6 +225,35 @@ def traits_new(
     out.print(f"use it with: --set trait={folder}")
 
 
+@traits_app.command("write-seeds")
+def traits_write_seeds(
+    trait: Annotated[str, typer.Argument(help="Trait folder (or built-in trait name) to add seed data to.")],
+    teacher: Annotated[str, typer.Option(help="api:MODEL (OpenAI-compatible endpoint) or a local model reference.")],
+    n: Annotated[int, typer.Option(help="How many new examples to request.")] = 50,
+    kind: Annotated[str, typer.Option(help="chats (seed_chat.jsonl) or docs (seed_docs.jsonl).")] = "chats",
+    base_url: Annotated[str | None, typer.Option(help="API base URL (default $OPENAI_BASE_URL); the key comes from $OPENAI_API_KEY.")] = None,
+    seed: int = 0,
+    temperature: float = 0.9,
+    max_tokens: Annotated[int, typer.Option(help="Longest output in tokens.")] = 400,
+) -> None:
+    """Ask a teacher model to write new seed chats or documents in the trait's style; append them."""
+    from traitloop.progress import Reporter
+    from traitloop.teacher import make_teacher, write_seeds
+    from traitloop.traits import load_trait
+
+    loaded = load_trait(trait)
+    if n < 1:
+        raise UserError("--n must be at least 1")
+    with Reporter() as reporter:
+        with reporter.step("loading teacher", total=1) as advance:
+            model = make_teacher(teacher, base_url)
+            advance()
+        with reporter.step(f"teacher writing {kind}", total=n) as advance:
+            result = write_seeds(loaded, model, n, kind=kind, seed=seed, temperature=temperature, max_tokens=max_tokens, on_done=advance)
+    out.print(result)
+    out.print(f"next: traitloop traits validate {loaded.folder}")
+
+
 def quiet_libraries() -> None:
     """Library chatter (per-step dicts, dataset-map bars, deprecation notes) would bury traitloop's own bars."""
     import warnings
