@@ -254,6 +254,16 @@ def traits_write_seeds(
     out.print(f"next: traitloop traits validate {loaded.folder}")
 
 
+def _register_more_commands() -> None:
+    from traitloop import cli_report, cli_sweep
+
+    cli_report.register(app)
+    cli_sweep.register(app)
+
+
+_register_more_commands()
+
+
 def quiet_libraries() -> None:
     """Library chatter (per-step dicts, dataset-map bars, deprecation notes) would bury traitloop's own bars."""
     import warnings

@@ -96,11 +96,48 @@ class EvalConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    kind: Literal["probe"] = Field(
+    """Who scores the eval answers. The probe is the offline default; api and local are LLM judges
+    that follow PROTOCOL.md: one output token, top-20 logprobs, probability-weighted 0-100."""
+
+    kind: Literal["probe", "api", "local"] = Field(
         "probe",
-        description="Trait scorer. 'probe' = offline embedding probe trained on the trait's probe.jsonl "
-        "(a classifier, not an LLM judge: its held-out accuracy is reported with every run).",
+        description="'probe' = offline embedding probe trained on the trait's probe.jsonl (a classifier, not "
+        "an LLM judge; its held-out accuracy is reported with every run); 'api' = an OpenAI-compatible "
+        "endpoint; 'local' = a transformers model loaded here.",
     )
+    model: str | None = Field(
+        None, description="api: the endpoint's model name; local: a model reference (hub id, dir, embedded:...)."
+    )
+    base_url: str | None = Field(None, description="api: endpoint base URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL).")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="api: NAME of the environment variable holding the key (the key itself is never stored)."
+    )
+    concurrency: int = Field(8, ge=1, description="api: requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="api: seconds before a request counts as timed out.")
+    max_attempts: int = Field(6, ge=1, description="api: attempts per request (retries back off exponentially, with jitter).")
+    backoff_s: float = Field(1.0, gt=0, description="api: first retry delay; doubles each attempt; a Retry-After header wins.")
+    coherence: bool = Field(
+        True, description="api/local: also score coherence with the coherence rubric (beside the log-likelihood)."
+    )
+    min_number_mass: float = Field(
+        0.25, ge=0, le=1, description="No score when the probability on number tokens is below this (PROTOCOL: 0.25)."
+    )
+    price_per_million_input: float = Field(0.0, ge=0, description="api: price per 1M prompt tokens, for the cost estimate.")
+    price_per_million_output: float = Field(0.0, ge=0, description="api: price per 1M completion tokens.")
+    batch_size: int = Field(8, ge=1, description="local: answers scored per forward pass.")
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> JudgeConfig:
+        if self.kind in ("api", "local") and not self.model:
+            raise ValueError(f"judge.kind={self.kind} needs judge.model")
+        return self
+
+    def identity(self) -> str:
+        """Short stable name of this judge, used for file names and score columns."""
+        if self.kind == "probe":
+            return "probe"
+        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(self.model))
+        return f"{self.kind}-{safe}"
 
 
 class ExperimentConfig(_Section):
