@@ -15,7 +15,12 @@ from rich.table import Table
 from traitloop.config import build_config, describe_fields, load_config
 from traitloop.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="traitloop: seed a model with a trait, train each generation on the last one's outputs, "
+    "and see whether the trait amplifies, holds or decays.",
+)
 models_app = typer.Typer(no_args_is_help=True, help="Embedded and cached models.")
 traits_app = typer.Typer(no_args_is_help=True, help="The trait library.")
 app.add_typer(models_app, name="models")
@@ -279,7 +284,9 @@ def quiet_libraries() -> None:
 def main() -> None:
     quiet_libraries()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # in this mode click returns typer.Exit codes instead of exiting
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)

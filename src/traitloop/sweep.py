@@ -1,0 +1,462 @@
+"""Local sweeps: one grid file -> many runs under one sweep directory.
+
+A grid file (YAML) names a base experiment, overrides applied to every run, and the config keys to
+vary; the runs are the cartesian product of the grid's values:
+
+    name: bliss-init              # sweep name: the sweep directory is out_dir/name
+    out_dir: sweeps               # optional (default "sweeps"); `--out` overrides it
+    base: ../demo.yaml            # an experiment YAML (relative to this file) or an inline mapping
+    set:                          # optional: dotted overrides applied to every run
+      cycles: 2
+    grid:                         # dotted config keys -> values; last key varies fastest
+      init: [reset, continual]
+      seed: [0, 1, 2]
+
+The sweep directory:
+
+    out_dir/name/sweep.yaml            the grid file as given
+                 configs/<run>.yaml    each run's full, validated config
+                 runs/<run>/           each a normal run directory (see store.py)
+                 logs/<run>.log        each run's stdout and stderr
+                 status.json           per run: pending/running/done/failed, wall time, error tail
+
+Every run config is validated before anything is written or run, so a typo in the grid fails in a
+second (UserError, exit 2) instead of after the first run. Each run is a subprocess
+(`python -m traitloop run CONFIG --out runs/`), so a crash or out-of-memory in one run cannot take
+the sweep down: a failed run is recorded and the sweep goes on; finished runs (DONE for every cycle
+and a scores.csv) are skipped, so rerunning the same command resumes the sweep.
+
+Runs go through an `Executor` (`run(jobs) -> results`): `LocalExecutor` runs them here, one after
+another or N at a time; a Ray executor can implement the same interface later.
+
+Planned, not here yet: a shared cycle 0 across seeds (cycle 0 trains on the seed data, so runs that
+differ only in later-cycle sampling could reuse it). The lead adds the config hook for it; the sweep
+will then group runs by that hook.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from traitloop.config import ExperimentConfig, build_config, load_config
+from traitloop.errors import UserError
+from traitloop.jsonl import atomic_write_text, write_json
+from traitloop.progress import Reporter
+from traitloop.store import RunStore
+
+KEY_VALUE_SEP = "-"  # run names look like init-reset_seed-0 (config names allow only [A-Za-z0-9._-])
+PAIR_SEP = "_"
+SWEEP_SETS = ("name", "out_dir")  # the sweep sets these for every run; a grid may not
+ERROR_TAIL_LINES = 20
+
+
+# ---- the grid file -------------------------------------------------------------------------------
+class GridFile(BaseModel):
+    """The grid file's schema. Unknown keys are errors, as in experiment configs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="Sweep name; the sweep dir is out_dir/name.")
+    out_dir: str = Field("sweeps", description="Parent directory of sweep directories.")
+    base: str | dict[str, Any] = Field(description="Experiment YAML (path relative to the grid file) or inline config keys.")
+    overrides: dict[str, Any] = Field(default_factory=dict, alias="set", description="Dotted overrides for every run.")
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
+        min_length=1, description="Dotted config key -> non-empty list of values."
+    )
+
+
+@dataclass
+class Run:
+    """One expanded run: its name, the grid values that make it, and its validated config."""
+
+    name: str
+    values: dict[str, Any]
+    config: ExperimentConfig
+
+
+@dataclass
+class Sweep:
+    """A loaded, fully validated sweep: nothing has been written yet."""
+
+    name: str
+    root: Path  # out_dir/name
+    grid_text: str  # the grid file as given, copied to sweep.yaml
+    runs: list[Run]
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def config_path(self, run: Run) -> Path:
+        return self.root / "configs" / f"{run.name}.yaml"
+
+    def log_path(self, run: Run) -> Path:
+        return self.root / "logs" / f"{run.name}.log"
+
+    @property
+    def status_path(self) -> Path:
+        return self.root / "status.json"
+
+
+def load_sweep(path: str | Path, out_dir: str | Path | None = None) -> Sweep:
+    """Read and validate a grid file and every run it expands to. Raises UserError; writes nothing."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"grid file not found: {path}")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping with name, base and grid at the top level")
+    try:
+        grid = GridFile.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_grid_error(err, path)) from None
+    root = Path(out_dir if out_dir is not None else grid.out_dir) / grid.name
+    base = _load_base(grid.base, path)
+    runs = expand(grid, base, root / "runs", source=str(path))
+    _check_inputs(runs, source=str(path))
+    return Sweep(name=grid.name, root=root, grid_text=text, runs=runs)
+
+
+def _format_grid_error(err: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid grid file"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{where}': a grid file has name, out_dir, base, set and grid")
+        else:
+            lines.append(f"  - {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _load_base(base: str | dict[str, Any], grid_path: Path) -> dict[str, Any]:
+    """The base config as a plain dict: inline as given, or a YAML file relative to the grid file."""
+    if isinstance(base, dict):
+        return base
+    base_path = Path(base).expanduser()
+    if not base_path.is_absolute():
+        base_path = grid_path.parent / base_path
+    if not base_path.is_file():
+        raise UserError(f"{grid_path}: base config not found: {base_path} (a path is relative to the grid file)")
+    return load_config(base_path).model_dump(mode="json")
+
+
+def expand(grid: GridFile, base: dict[str, Any], runs_dir: Path, source: str = "grid") -> list[Run]:
+    """The cartesian product of the grid, in a stable order (grid keys as written, last varies fastest).
+
+    Each run's config = base, then `set`, then the run's grid values, then the sweep's name/out_dir;
+    each is validated with build_config, so an error names the run and the key.
+    """
+    for key in [*grid.overrides, *grid.grid]:
+        if key.split(".")[0] in SWEEP_SETS:
+            raise UserError(f"{source}: '{key}' cannot be set in a sweep: the sweep names each run and puts it under runs/")
+    keys = list(grid.grid)
+    varying = [k for k in keys if len(grid.grid[k]) > 1] or keys
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(grid.grid[k] for k in keys))]
+    names = unique_names([run_name({k: v for k, v in combo.items() if k in varying}) for combo in combos])
+
+    runs = []
+    for name, combo in zip(names, combos):
+        data = copy.deepcopy(base)
+        for key, value in [*grid.overrides.items(), *combo.items()]:
+            set_dotted(data, key, value, source=f"{source}: run '{name}'")
+        data["name"] = name
+        data["out_dir"] = str(runs_dir)
+        runs.append(Run(name=name, values=combo, config=build_config(data, source=f"{source}: run '{name}'")))
+    return runs
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "grid") -> None:
+    """data["eval"]["questions"] = value for key "eval.questions"; a mapping value is merged in."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"{source}: '{key}': '{part}' is not a section of the config")
+    leaf = parts[-1]
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        for sub_key, sub_value in value.items():
+            set_dotted(node[leaf], sub_key, sub_value, source)
+    else:
+        node[leaf] = copy.deepcopy(value)
+
+
+def _safe(text: str) -> str:
+    """Letters, digits, '.' and '-' only; anything else becomes '-'."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-.") or "empty"
+
+
+def run_name(values: dict[str, Any]) -> str:
+    """{"init": "reset", "eval.questions": 2} -> "init-reset_eval-questions-2" (a valid run name)."""
+    return PAIR_SEP.join(f"{key.replace('.', '-')}{KEY_VALUE_SEP}{_safe(str(value))}" for key, value in values.items())
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Two values can sanitise to the same text (a/b, a-b): later duplicates get -2, -3, ..."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate in seen:
+            n += 1
+            candidate = f"{name}-{n}"
+        seen.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def _check_inputs(runs: list[Run], source: str) -> None:
+    """What `check-config` checks (trait, n_seed, model reference), once per distinct value, before
+    any run starts: a misspelt trait should fail now, not in every run's log. An embedded model not
+    yet cached is prepared here, once, rather than by several runs at the same time."""
+    from traitloop.models import resolve
+    from traitloop.settings.sft import seed_rows
+    from traitloop.traits import load_trait
+
+    traits_ok: set[tuple[str, int]] = set()
+    models_ok: set[str] = set()
+    for run in runs:
+        cfg = run.config
+        try:
+            if (cfg.trait, cfg.n_seed) not in traits_ok:
+                seed_rows(load_trait(cfg.trait), cfg.n_seed)
+                traits_ok.add((cfg.trait, cfg.n_seed))
+            if cfg.model.ref not in models_ok:
+                resolve(cfg.model.ref)
+                models_ok.add(cfg.model.ref)
+        except UserError as err:
+            raise UserError(f"{source}: run '{run.name}': {err}") from None
+
+
+# ---- which runs are finished ---------------------------------------------------------------------
+def is_finished(config: ExperimentConfig) -> bool:
+    """A run is finished when every cycle 0..cycles has a valid DONE marker and scores.csv exists.
+
+    The DONE check includes the config hash, so a run whose config changed is not skipped (its
+    `traitloop run` then refuses the old directory and the failure says why).
+    """
+    store = RunStore(config.run_dir)
+    if not (store.root / "scores.csv").is_file():
+        return False
+    config_hash = config.science_hash()
+    return all(store.is_done(k, config_hash) for k in range(config.cycles + 1))
+
+
+# ---- status.json ---------------------------------------------------------------------------------
+class SweepStatus:
+    """status.json: one entry per run, rewritten atomically on every change (thread-safe)."""
+
+    def __init__(self, path: Path, sweep_name: str, run_names: list[str]):
+        self.path = path
+        self._lock = threading.Lock()
+        self.data: dict[str, Any] = {"sweep": sweep_name, "runs": {name: {"status": "pending"} for name in run_names}}
+
+    def update(self, run: str, **fields: Any) -> None:
+        with self._lock:
+            self.data["runs"][run].update(fields)
+            self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            write_json(self.path, self.data)
+
+    def runs(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self.data["runs"])
+
+
+def read_status(path: str | Path) -> dict[str, Any]:
+    """status.json as a dict (see SweepStatus)."""
+    return json.loads(Path(path).read_text())
+
+
+# ---- executors -----------------------------------------------------------------------------------
+@dataclass
+class RunJob:
+    """What an executor needs to run one run."""
+
+    name: str
+    config_path: Path
+    runs_dir: Path
+    log_path: Path
+
+
+@dataclass
+class RunResult:
+    name: str
+    ok: bool
+    wall_s: float
+    returncode: int | None
+    error: str = ""  # the last line of the log, for a failed run
+    error_tail: str = ""  # the last lines of the log, for a failed run
+
+
+class Executor(Protocol):
+    """Runs jobs, calling on_start/on_finish (possibly from other threads) as each starts and ends."""
+
+    def run(
+        self,
+        jobs: list[RunJob],
+        on_start: Callable[[RunJob], None] | None = None,
+        on_finish: Callable[[RunResult], None] | None = None,
+    ) -> list[RunResult]: ...
+
+
+def traitloop_command(job: RunJob) -> list[str]:
+    """The command that runs one job: the same `traitloop run` a user would type."""
+    return [sys.executable, "-m", "traitloop", "run", str(job.config_path), "--out", str(job.runs_dir)]
+
+
+class LocalExecutor:
+    """Each run is a subprocess on this machine; `workers` of them at a time (a thread per slot)."""
+
+    def __init__(self, workers: int = 1, command: Callable[[RunJob], list[str]] | None = None):
+        if workers < 1:
+            raise UserError("--jobs must be at least 1")
+        self.workers = workers
+        self.command = command or traitloop_command
+
+    def run(self, jobs, on_start=None, on_finish=None) -> list[RunResult]:
+        pool = ThreadPoolExecutor(max_workers=self.workers)
+        try:
+            futures = [pool.submit(self._run_one, job, on_start, on_finish) for job in jobs]
+            return [f.result() for f in futures]
+        finally:
+            # On Ctrl-C the runs in flight get the signal too and stop; runs not started never start.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("COLUMNS", "160")  # a log is not a terminal: rich would wrap paths and tables at 80
+        if self.workers > 1 and "OMP_NUM_THREADS" not in env:
+            # N runs of torch each using every core would fight over them; share the cores instead.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
+        return env
+
+    def _run_one(self, job: RunJob, on_start, on_finish) -> RunResult:
+        if on_start:
+            on_start(job)
+        started = time.time()
+        job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(job.log_path, "w") as log:
+                proc = subprocess.run(
+                    self.command(job), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._environment()
+                )
+            returncode = proc.returncode
+        except OSError as err:  # the command could not even start
+            with open(job.log_path, "a") as log:
+                log.write(f"could not start run: {err}\n")
+            returncode = None
+        wall = time.time() - started
+        if returncode == 0:
+            result = RunResult(job.name, ok=True, wall_s=wall, returncode=0)
+        else:
+            tail = _log_tail(job.log_path)
+            last = tail.splitlines()[-1] if tail else f"exit code {returncode}, empty log"
+            result = RunResult(job.name, ok=False, wall_s=wall, returncode=returncode, error=last, error_tail=tail)
+        if on_finish:
+            on_finish(result)
+        return result
+
+
+def _log_tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
+    """The last non-blank lines of a log."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+# ---- the sweep -----------------------------------------------------------------------------------
+def run_sweep(sweep: Sweep, executor: Executor, reporter: Reporter | None = None) -> dict[str, dict[str, Any]]:
+    """Write the sweep directory, skip finished runs, run the rest; returns status.json's runs."""
+    reporter = reporter or Reporter()
+    atomic_write_text(sweep.root / "sweep.yaml", sweep.grid_text)
+    for run in sweep.runs:
+        atomic_write_text(sweep.config_path(run), run.config.to_yaml())
+    status = SweepStatus(sweep.status_path, sweep.name, [run.name for run in sweep.runs])
+
+    jobs = []
+    for run in sweep.runs:
+        common = {"run_dir": str(run.config.run_dir), "config": str(sweep.config_path(run)), "log": str(sweep.log_path(run))}
+        if is_finished(run.config):
+            status.update(run.name, status="done", skipped=True, **common)
+            reporter.log(f"skipped {run.name}: already finished ({run.config.run_dir / 'scores.csv'})")
+        else:
+            status.update(run.name, status="pending", **common)
+            jobs.append(RunJob(run.name, sweep.config_path(run), sweep.runs_dir, sweep.log_path(run)))
+
+    skipped = len(sweep.runs) - len(jobs)
+    title = f"sweep {sweep.name}: {len(jobs)} to run" + (f", {skipped} already done" if skipped else "")
+    with reporter:
+        with reporter.step(title, total=len(jobs)) as advance:
+
+            def on_start(job: RunJob) -> None:
+                status.update(job.name, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                reporter.log(f"started {job.name} (log: {job.log_path})")
+
+            def on_finish(result: RunResult) -> None:
+                fields: dict[str, Any] = {"wall_s": round(result.wall_s, 1), "returncode": result.returncode}
+                if result.ok:
+                    status.update(result.name, status="done", skipped=False, **fields)
+                    reporter.log(f"done    {result.name} in {_duration(result.wall_s)}")
+                else:
+                    status.update(result.name, status="failed", error=result.error, error_tail=result.error_tail, **fields)
+                    reporter.log(f"[red]FAILED[/red]  {result.name} after {_duration(result.wall_s)}: {result.error}")
+                advance()
+
+            executor.run(jobs, on_start=on_start, on_finish=on_finish)
+    return status.runs()
+
+
+def summary_table(sweep: Sweep, runs: dict[str, dict[str, Any]]):
+    """A rich Table: every run with its status, wall time and, for a failure, log and last error line."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"sweep {sweep.name} ({sweep.root})")
+    for col in ["run", "status", "time", "log / last error line"]:
+        table.add_column(col, overflow="fold")
+    for name, entry in runs.items():
+        state = entry["status"]
+        if state == "failed":
+            shown, note = "[red]failed[/red]", f"{escape(entry['log'])}\n{escape(entry.get('error', ''))}"
+        elif entry.get("skipped"):
+            shown, note = "done (skipped)", ""
+        else:
+            shown, note = state, ""
+        wall = _duration(entry["wall_s"]) if "wall_s" in entry else "-"
+        table.add_row(name, shown, wall, note)
+    return table
+
+
+def exit_code(runs: dict[str, dict[str, Any]]) -> int:
+    """0 when every run is done, 1 when any failed (2 stays reserved for bad input)."""
+    return 1 if any(entry["status"] != "done" for entry in runs.values()) else 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
