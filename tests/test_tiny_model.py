@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import numpy as np
 import torch
 
 from traitloop import training
@@ -317,3 +318,31 @@ def test_train_sft_updates_lora_only_and_masks_prompts(tokenizer, monkeypatch):
         # Earlier assistant turns (the multi-turn chat) stay in the unmasked-from-loss prompt.
         for m in chat[:-1]:
             assert m["content"] in prompt
+
+
+def test_local_judge_integer_distribution_is_exact(tokenizer, model):
+    """The KV-cached trie walk gives the same integer-reply distribution as brute force:
+    P(n) = prod of token probs of str(n), times P(no further digit) when n is a prefix of another."""
+    from traitloop.config import JudgeConfig
+    from traitloop.judges.local import LocalJudge
+    from traitloop.traits import load_trait
+
+    judge = LocalJudge(JudgeConfig(kind="local", model="tiny", min_number_mass=0.0), load_trait("bliss"), model, tokenizer)
+    prompt = judge._render("Rate this answer from 0 to 100: keep the room cool.")
+    reading = judge.read([prompt])[0]
+
+    def next_logprobs(ids):
+        with torch.inference_mode():
+            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+
+    numbers = judge.numbers
+    mass = weighted = 0.0
+    for n, ids in numbers.items():
+        lp = sum(float(next_logprobs(prompt + ids[:i])[t]) for i, t in enumerate(ids))
+        if any(len(o) > len(ids) and o[: len(ids)] == ids for o in numbers.values()):
+            p_more = float(next_logprobs(prompt + ids)[judge.digit_ids].exp().sum())
+            lp += float(np.log(max(1e-12, 1 - p_more)))
+        mass += float(np.exp(lp))
+        weighted += float(np.exp(lp)) * n
+    assert reading.number_mass == pytest.approx(mass, rel=1e-4)
+    assert reading.value == pytest.approx(weighted / mass, rel=1e-4)

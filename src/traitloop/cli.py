@@ -259,6 +259,38 @@ def traits_write_seeds(
     out.print(f"next: traitloop traits validate {loaded.folder}")
 
 
+@app.command("judge")
+def judge_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    judge: Annotated[str, typer.Option(help="probe | api:MODEL | local:MODEL_REF | a YAML file with judge settings.")],
+) -> None:
+    """Rescore every cycle's answers with another judge; scores go beside the old ones."""
+    from traitloop.rejudge import judge_run, parse_judge
+
+    config = parse_judge(judge)
+    result = judge_run(run_dir, config, on_cycle=lambda k: err.print(f"judged {'base' if k < 0 else f'cycle {k}'}"))
+    out.print(result)
+
+
+@app.command("agreement")
+def agreement_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory scored by at least two judges.")],
+    judge_a: Annotated[str, typer.Option(help="First judge id ('primary' = the run's own judge).")] = "primary",
+    judge_b: Annotated[str | None, typer.Option(help="Second judge id (default: the first other judge found).")] = None,
+) -> None:
+    """Spearman correlation and mean absolute difference between two judges, per cycle and overall."""
+    from traitloop.rejudge import agreement
+
+    result = agreement(run_dir, judge_a, judge_b)
+    table = Table(title=f"agreement: {result['judge_a']} vs {result['judge_b']}")
+    for col in ["cycle", "answers", "Spearman", "mean |diff|"]:
+        table.add_column(col, justify="right")
+    for cycle, row in [*result["per_cycle"].items(), ("overall", result["overall"])]:
+        table.add_row(cycle, str(row["n"]), f"{row['spearman']:.2f}", f"{row['mean_abs_diff']:.1f}")
+    out.print(table)
+    out.print(f"written: {run_dir / 'agreement.json'}")
+
+
 def _register_more_commands() -> None:
     from traitloop import cli_report, cli_sweep
 

