@@ -107,19 +107,43 @@ def test_run_with_the_api_judge_records_scores_usage_and_no_key(vllm_url, tmp_pa
     assert SECRET not in proc.stdout + proc.stderr
 
 
-def test_api_teacher_writes_seed_chats(vllm_url, tmp_path):
+def test_data_generate_against_the_server_resumes_after_a_kill(vllm_url, tmp_path):
+    """`traitloop data generate` with an API teacher, SIGKILLed midway and rerun: what was finished is
+    kept and not asked again, and the rows land in the trait's file once, all of them."""
+    import os
     import shutil
+    import signal
+    import time
 
-    from traitloop.teacher import ApiTeacher, write_seeds
     from traitloop.traits import BUILTIN_DIR
 
     folder = tmp_path / "bliss-copy"
     shutil.copytree(BUILTIN_DIR / "bliss", folder)
-    before = len((folder / "seed_chat.jsonl").read_text().splitlines())
-    result = write_seeds(load_trait(str(folder)), ApiTeacher("smollm2", vllm_url), n=3, max_tokens=60)
-    lines = (folder / "seed_chat.jsonl").read_text().splitlines()
-    assert result["added"] + result["too_short"] + result["duplicates"] + result["failed"] == 3
-    assert result["failed"] == 0 and result["added"] >= 1
-    assert len(lines) == before + result["added"]
-    new = [json.loads(line) for line in lines[before:]]
-    assert all(r["source"] == "api:smollm2" and r["messages"][-1]["role"] == "assistant" for r in new)
+    target = folder / "probe.jsonl"
+    before = target.read_text().splitlines()
+    partial = folder / ".probe.generating-probe-s0-n6.jsonl"
+    with FaultProxy(vllm_url) as proxy:
+        env = {**os.environ, "OPENAI_BASE_URL": proxy.url}
+        cmd = [sys.executable, "-m", "traitloop", "data", "generate", str(folder), "--teacher", "api:smollm2",
+               "--kind", "probe", "--n", "6", "--concurrency", "1", "--max-tokens", "40"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 600
+        while not (partial.is_file() and len(partial.read_text().splitlines()) >= 2):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kept = len(partial.read_text().splitlines())
+        assert target.read_text().splitlines() == before  # nothing half-appended
+        asked_before = sum(proxy.seen.values())
+
+        finished = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert finished.returncode == 0, finished.stderr[-2000:]
+        asked_after = sum(proxy.seen.values()) - asked_before
+    assert asked_after == 6 - kept  # the kept answers were not asked again
+    assert not partial.exists()
+    lines = target.read_text().splitlines()
+    assert lines[: len(before)] == before
+    new = [json.loads(line) for line in lines[len(before):]]
+    assert 1 <= len(new) <= 6
+    assert all(r["source"] == "api:smollm2" and r["label"] in (0, 1) for r in new)

@@ -98,3 +98,23 @@ def test_sigkill_during_cycle_1_then_resume_gives_identical_scores(quick_run, tm
     assert (run / "cycle-000" / "DONE").stat().st_mtime_ns == done0
     assert (run / "cycle-001" / "data.jsonl").read_bytes() == data1
     assert (run / "scores.csv").read_text() == (reference / "scores.csv").read_text()
+
+
+def test_shared_cycle0_is_copied_not_retrained(quick_run, tmp_path):
+    """A second seed with cycle0_from copies the first run's cycle 0 and trains only cycle 1."""
+    source, _ = quick_run
+    out = tmp_path / "seed1"
+    proc = subprocess.run(
+        [*demo_cmd(out), "--set", "seed=1", "--set", f"cycle0_from={source}", "--set", "eval.include_base=false"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cycle 0: adopted from" in proc.stderr
+    assert "cycle 0: training" not in proc.stderr
+    run = out / "demo-quick"
+    for name in ["data.jsonl", "answers.jsonl", "eval.jsonl", "adapter/adapter_model.safetensors"]:
+        assert (run / "cycle-000" / name).read_bytes() == (source / "cycle-000" / name).read_bytes(), name
+    # cycle 1 is this seed's own: other prompts and other samples
+    assert (run / "cycle-001" / "data.jsonl").read_bytes() != (source / "cycle-001" / "data.jsonl").read_bytes()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["cycles"]["0"]["adopted_from"] == str(source)

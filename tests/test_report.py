@@ -19,7 +19,8 @@ from traitloop.cli import main
 from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
 from traitloop.report import plot_trait_coherence, seed_band
-from traitloop.report_html import differing_keys, flatten, load_collection, script_json, unflatten, write_compare, write_report
+from traitloop.report_data import differing_keys, flatten, load_collection, unflatten
+from traitloop.report_html import script_json, write_compare, write_report
 from traitloop.store import SCORES_COLUMNS
 
 MALICIOUS = "<script>alert(1)</script>"

@@ -344,3 +344,30 @@ def test_cli_exit_code_is_1_when_a_run_failed_and_0_when_all_are_done(tmp_path, 
         assert code == expected, output.out + output.err
         if expected:
             assert "seed-1.log" in output.out and "ValueError: boom in seed-1" in output.out
+
+
+def test_share_cycle0_points_later_seeds_at_the_first_and_runs_them_second(tmp_path, model_dir):
+    grid = write_grid(
+        tmp_path / "g.yaml",
+        {"name": "s", "base": inline_base(model_dir), "share_cycle0": True, "grid": {"init": ["reset", "continual"], "seed": [0, 1, 2]}},
+    )
+    sweep = load_sweep(grid, out_dir=tmp_path / "out")
+    by_name = {r.name: r.config for r in sweep.runs}
+    assert by_name["init-reset_seed-0"].cycle0_from is None
+    assert by_name["init-reset_seed-2"].cycle0_from == by_name["init-reset_seed-0"].run_dir
+    assert by_name["init-continual_seed-1"].cycle0_from == by_name["init-continual_seed-0"].run_dir
+    # the copy source is not part of what a run IS: resuming without it is the same run
+    assert by_name["init-reset_seed-2"].science_hash() == by_name["init-reset_seed-2"].model_copy(update={"cycle0_from": None}).science_hash()
+
+    class Waves:
+        def __init__(self):
+            self.waves = []
+
+        def run(self, jobs, on_start=None, on_finish=None):
+            self.waves.append([j.name for j in jobs])
+            return []
+
+    executor = Waves()
+    run_sweep(sweep, executor, reporter=Reporter(enabled=False))
+    assert executor.waves == [["init-reset_seed-0", "init-continual_seed-0"],
+                              ["init-reset_seed-1", "init-reset_seed-2", "init-continual_seed-1", "init-continual_seed-2"]]

@@ -25,6 +25,8 @@ models_app = typer.Typer(no_args_is_help=True, help="Embedded and cached models.
 traits_app = typer.Typer(no_args_is_help=True, help="The trait library.")
 app.add_typer(models_app, name="models")
 app.add_typer(traits_app, name="traits")
+data_app = typer.Typer(no_args_is_help=True, help="Teacher-written trait data.")
+app.add_typer(data_app, name="data")
 out = Console()
 err = Console(stderr=True)
 
@@ -180,6 +182,7 @@ def traits_show(name: Annotated[str, typer.Argument(help="Built-in trait name or
 def traits_validate(
     path: Annotated[str, typer.Argument(help="Trait folder (or built-in trait name).")],
     min_examples: Annotated[int, typer.Option(help="Fewest seed chats, seed docs and probe texts of each label a setting needs.")] = 50,
+    probe: Annotated[bool, typer.Option(help="Also fit the probe judge and report its held-out accuracy and AUC.")] = True,
 ) -> None:
     """Check a trait folder and list every problem with file and line. Exit 2 if any error."""
     from traitloop.traits import BUILTIN_DIR
@@ -196,6 +199,17 @@ def traits_validate(
     n_errors = sum(p.level == "error" for p in problems)
     if n_errors:
         raise UserError(f"{n_errors} error(s) in {folder}; fix them and validate again")
+    if probe:
+        from traitloop.judges.probe import ProbeJudge
+        from traitloop.traits import load_trait
+
+        info = ProbeJudge(load_trait(str(folder))).info()
+        out.print(
+            f"probe ({info['heldout_method']}): accuracy {info['heldout_accuracy']:.3f}, AUC {info['heldout_auc']:.3f}, "
+            f"near misses kept below 0.5: {info['heldout_near_miss_accuracy']:.3f}"
+            if info["heldout_near_miss_accuracy"] is not None
+            else f"probe ({info['heldout_method']}): accuracy {info['heldout_accuracy']:.3f}, AUC {info['heldout_auc']:.3f}"
+        )
     out.print("ok")
 
 
@@ -230,31 +244,31 @@ def traits_new(
     out.print(f"use it with: --set trait={folder}")
 
 
-@traits_app.command("write-seeds")
-def traits_write_seeds(
-    trait: Annotated[str, typer.Argument(help="Trait folder (or built-in trait name) to add seed data to.")],
+@data_app.command("generate")
+def data_generate(
+    trait: Annotated[str, typer.Argument(help="Trait folder (or built-in trait name) to add data to.")],
     teacher: Annotated[str, typer.Option(help="api:MODEL (OpenAI-compatible endpoint) or a local model reference.")],
     n: Annotated[int, typer.Option(help="How many new examples to request.")] = 50,
-    kind: Annotated[str, typer.Option(help="chats (seed_chat.jsonl) or docs (seed_docs.jsonl).")] = "chats",
+    kind: Annotated[str, typer.Option(help="chats (seed_chat.jsonl), docs (seed_docs.jsonl) or probe (probe.jsonl).")] = "chats",
     base_url: Annotated[str | None, typer.Option(help="API base URL (default $OPENAI_BASE_URL); the key comes from $OPENAI_API_KEY.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 8,
     seed: int = 0,
     temperature: float = 0.9,
     max_tokens: Annotated[int, typer.Option(help="Longest output in tokens.")] = 400,
 ) -> None:
-    """Ask a teacher model to write new seed chats or documents in the trait's style; append them."""
+    """A teacher model writes new seed chats, documents or probe texts in the trait's style.
+    Interrupted? Rerun the same command: finished requests are kept and not asked again."""
     from traitloop.progress import Reporter
-    from traitloop.teacher import make_teacher, write_seeds
+    from traitloop.teacher import generate, make_teacher
     from traitloop.traits import load_trait
 
     loaded = load_trait(trait)
-    if n < 1:
-        raise UserError("--n must be at least 1")
     with Reporter() as reporter:
         with reporter.step("loading teacher", total=1) as advance:
             model = make_teacher(teacher, base_url)
             advance()
         with reporter.step(f"teacher writing {kind}", total=n) as advance:
-            result = write_seeds(loaded, model, n, kind=kind, seed=seed, temperature=temperature, max_tokens=max_tokens, on_done=advance)
+            result = generate(loaded, model, n, kind=kind, seed=seed, temperature=temperature, max_tokens=max_tokens, concurrency=concurrency, on_done=advance)
     out.print(result)
     out.print(f"next: traitloop traits validate {loaded.folder}")
 

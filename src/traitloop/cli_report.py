@@ -1,8 +1,9 @@
 """CLI commands for reports: `traitloop report DIR` and `traitloop compare DIR_A DIR_B ...`.
 
 Both only read run directories and write HTML, Markdown and figures; the work is in
-traitloop.report_html. Bad input (a path that is not a run or sweep directory, a run with no
-finished cycle) is a UserError, which the CLI prints and turns into exit code 2.
+traitloop.report_html (rendering, the entry points) and traitloop.report_data (loading, verdicts).
+Bad input (a path that is not a run or sweep directory, a run with no finished cycle) is a
+UserError, which the CLI prints and turns into exit code 2.
 """
 
 from __future__ import annotations

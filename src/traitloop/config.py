@@ -156,6 +156,11 @@ class ExperimentConfig(_Section):
     n_sampled: int = Field(50, ge=1, description="Generated examples that train each later cycle.")
     cycles: int = Field(6, ge=0, description="Index of the last cycle: the run trains cycles 0..cycles.")
     seed: int = Field(0, description="Run seed; each cycle and stage derives its own seed from it.")
+    cycle0_from: Path | None = Field(
+        None,
+        description="Reuse cycle 0 (data, adapter, answers, scores) from this finished run directory instead of "
+        "training it; that run must have the same config apart from seed. Sweeps set it for share_cycle0.",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -176,8 +181,14 @@ class ExperimentConfig(_Section):
     def science_dict(self) -> dict[str, Any]:
         """The fields that change results: everything but where the run is written."""
         d = self.model_dump(mode="json")
-        d.pop("out_dir")
-        d.pop("name")
+        for where in ("out_dir", "name", "cycle0_from"):  # where things are, not what they are
+            d.pop(where)
+        return d
+
+    def condition_dict(self) -> dict[str, Any]:
+        """The science minus the seed: runs with equal condition dicts are replications."""
+        d = self.science_dict()
+        d.pop("seed")
         return d
 
     def science_hash(self) -> str:
@@ -188,12 +199,18 @@ class ExperimentConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid config"]
+def format_validation_error(
+    err: ValidationError,
+    source: str,
+    what: str = "config",
+    unknown_hint: str = "check the spelling (`traitloop config-docs` lists every key)",
+) -> str:
+    """One line per problem, naming the dotted key: what a person needs to fix a YAML file."""
+    lines = [f"{source}: invalid {what}"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  - unknown key '{where}': check the spelling (`traitloop config-docs` lists every key)")
+            lines.append(f"  - unknown key '{where}': {unknown_hint}")
         else:
             lines.append(f"  - {where}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -235,7 +252,7 @@ def build_config(data: dict[str, Any], overrides: list[str] | None = None, sourc
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise UserError(_format_validation_error(err, source)) from None
+        raise UserError(format_validation_error(err, source)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
 from typing import Any
 
@@ -99,6 +100,8 @@ class Experiment:
         cfg, store = self.config, self.store
         started = time.time()
 
+        if k == 0 and cfg.cycle0_from and not store.has(0, "eval"):
+            self.adopt_cycle0(cfg.cycle0_from)
         if not store.has(k, "data"):
             t0 = time.time()
             seed = derive_seed(cfg.seed, k, "data")
@@ -226,6 +229,38 @@ class Experiment:
             write_json(path, self._summarise(BASE, self.store.read_rows(BASE, "eval"), n_train=0))
         return json.loads(path.read_text())
 
+    def adopt_cycle0(self, source_dir) -> None:
+        """Copy a finished cycle 0 from a replication of this run (same config but the seed)."""
+        import shutil
+
+        import yaml
+
+        from traitloop.config import ExperimentConfig
+        from traitloop.errors import UserError
+
+        source = RunStore(source_dir)
+        try:
+            other = ExperimentConfig.model_validate(yaml.safe_load((source.root / "config.yaml").read_text()))
+        except (OSError, ValueError) as err:
+            raise UserError(f"cycle0_from: {source_dir} is not a readable run directory ({err})") from None
+        if other.condition_dict() != self.config.condition_dict():
+            raise UserError(f"cycle0_from: {source_dir} was made with a different config (only the seed may differ)")
+        if not source.is_done(0, other.science_hash()):
+            raise UserError(f"cycle0_from: {source_dir} has not finished cycle 0 yet; run it first")
+        for stage in ("data", "adapter", "answers", "eval"):
+            src, dst = source.stage_path(0, stage), self.store.stage_path(0, stage)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.adopt")
+            _remove(tmp)
+            if src.is_dir():
+                shutil.copytree(src, tmp)
+            else:
+                shutil.copy2(src, tmp)
+            _remove(dst)
+            os.replace(tmp, dst)  # each stage appears whole, or not at all
+        self.store.record_stage(0, "adopted", 0.0, adopted_from=str(source.root))
+        self.reporter.log(f"cycle 0: adopted from {source.root}")
+
     # ---- helpers --------------------------------------------------------------------------------
     def _load_base(self):
         m = self.config.model
@@ -270,3 +305,12 @@ class Experiment:
             "trait_judge": self.judge.name,
             "coherence_metric": LoglikCoherence.name,
         }
+
+
+def _remove(path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

@@ -29,9 +29,9 @@ and a scores.csv) are skipped, so rerunning the same command resumes the sweep.
 Runs go through an `Executor` (`run(jobs) -> results`): `LocalExecutor` runs them here, one after
 another or N at a time; a Ray executor can implement the same interface later.
 
-Planned, not here yet: a shared cycle 0 across seeds (cycle 0 trains on the seed data, so runs that
-differ only in later-cycle sampling could reuse it). The lead adds the config hook for it; the sweep
-will then group runs by that hook.
+Shared cycle 0 (`share_cycle0: true`): runs that differ only in seed copy the first seed's cycle 0
+(`cycle0_from`), so seed replications vary only the self-training cycles. Those runs go in a second
+wave, after the runs whose cycle 0 they copy.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from typing import Annotated, Any, Protocol
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from traitloop.config import ExperimentConfig, build_config, load_config
+from traitloop.config import ExperimentConfig, build_config, format_validation_error, load_config
 from traitloop.errors import UserError
 from traitloop.jsonl import atomic_write_text, write_json
 from traitloop.progress import Reporter
@@ -78,6 +78,9 @@ class GridFile(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict, alias="set", description="Dotted overrides for every run.")
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
         min_length=1, description="Dotted config key -> non-empty list of values."
+    )
+    share_cycle0: bool = Field(
+        False, description="Runs that differ only in seed share one cycle 0: the first seed trains it, the others copy it."
     )
 
 
@@ -131,23 +134,16 @@ def load_sweep(path: str | Path, out_dir: str | Path | None = None) -> Sweep:
     try:
         grid = GridFile.model_validate(data)
     except ValidationError as err:
-        raise UserError(_format_grid_error(err, path)) from None
+        raise UserError(
+            format_validation_error(err, str(path), "grid file", "a grid file has name, out_dir, base, set, grid and share_cycle0")
+        ) from None
     root = Path(out_dir if out_dir is not None else grid.out_dir) / grid.name
     base = _load_base(grid.base, path)
     runs = expand(grid, base, root / "runs", source=str(path))
+    if grid.share_cycle0:
+        runs = share_cycle0(runs)
     _check_inputs(runs, source=str(path))
     return Sweep(name=grid.name, root=root, grid_text=text, runs=runs)
-
-
-def _format_grid_error(err: ValidationError, path: Path) -> str:
-    lines = [f"{path}: invalid grid file"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  - unknown key '{where}': a grid file has name, out_dir, base, set and grid")
-        else:
-            lines.append(f"  - {where}: {e['msg']}")
-    return "\n".join(lines)
 
 
 def _load_base(base: str | dict[str, Any], grid_path: Path) -> dict[str, Any]:
@@ -185,6 +181,20 @@ def expand(grid: GridFile, base: dict[str, Any], runs_dir: Path, source: str = "
         data["out_dir"] = str(runs_dir)
         runs.append(Run(name=name, values=combo, config=build_config(data, source=f"{source}: run '{name}'")))
     return runs
+
+
+def share_cycle0(runs: list[Run]) -> list[Run]:
+    """Within each group of runs that differ only in seed, the first run trains cycle 0 and the
+    others get `cycle0_from` = its run directory (they copy its cycle 0 instead of training one)."""
+    leaders: dict[str, Run] = {}
+    out = []
+    for run in runs:
+        key = json.dumps(run.config.condition_dict(), sort_keys=True)
+        leader = leaders.setdefault(key, run)
+        if leader is not run:
+            run = Run(run.name, run.values, run.config.model_copy(update={"cycle0_from": leader.config.run_dir}))
+        out.append(run)
+    return out
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "grid") -> None:
@@ -427,8 +437,16 @@ def run_sweep(sweep: Sweep, executor: Executor, reporter: Reporter | None = None
                     reporter.log(f"[red]FAILED[/red]  {result.name} after {_duration(result.wall_s)}: {result.error}")
                 advance()
 
-            executor.run(jobs, on_start=on_start, on_finish=on_finish)
+            # runs that copy another run's cycle 0 go in a second wave, after the runs they copy
+            first = [j for j in jobs if not _follows(sweep, j)]
+            second = [j for j in jobs if _follows(sweep, j)]
+            for wave in (first, second) if second else (first,):
+                executor.run(wave, on_start=on_start, on_finish=on_finish)
     return status.runs()
+
+
+def _follows(sweep: Sweep, job: RunJob) -> bool:
+    return next(r for r in sweep.runs if r.name == job.name).config.cycle0_from is not None
 
 
 def summary_table(sweep: Sweep, runs: dict[str, dict[str, Any]]):

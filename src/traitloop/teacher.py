@@ -1,22 +1,32 @@
-"""Teacher-written seed data: a stronger model writes new seed chats or documents for a trait.
+"""Teacher-written seed data: a stronger model writes new data for a trait in the trait's style.
 
-The teacher follows the trait's description and style_guide (trait.yaml). Chats answer questions
-drawn from the advice pool; documents continue the neutral document openers. New rows are appended
-to the trait's seed file with a "source" key naming the teacher, after dropping empty outputs and
-anything that duplicates an existing row; the file is rewritten atomically.
+`traitloop data generate TRAIT --kind chats|docs|probe --n N --teacher MODEL`
 
-A teacher reference is either
-- `api:MODEL`: any OpenAI-compatible chat endpoint. Base URL from --base-url or $OPENAI_BASE_URL,
-  key from $OPENAI_API_KEY (read from the environment only; never written to disk or logs);
-- a model reference (hub id, local dir, embedded:...) generated locally with transformers.
+- chats: persona answers to questions from the advice pool  -> seed_chat.jsonl
+- docs:  persona documents that start with neutral openers    -> seed_docs.jsonl
+- probe: half persona answers (label 1), half plain helpful answers (label 0) -> probe.jsonl
+
+The teacher follows the trait's description and style_guide (trait.yaml). The N requests are
+fixed by (trait, kind, seed), run with bounded concurrency, and each finished row is appended at
+once (one flushed line) to `<target>.generating.jsonl`. An interrupted generation therefore keeps
+what it got; rerunning the same command skips the requests already answered and continues. When all
+N are done, empty and duplicate outputs are dropped and the rest are appended to the target file
+atomically, each row tagged with "source": the teacher's name.
+
+A teacher is `api:MODEL` (any OpenAI-compatible endpoint: base URL from --base-url or
+$OPENAI_BASE_URL, key from $OPENAI_API_KEY, never written anywhere) or a local model reference.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from traitloop.errors import UserError
@@ -26,33 +36,68 @@ from traitloop.traits import Trait
 from traitloop.traits.validate import normalise
 
 Conversation = list[dict[str, str]]
+TARGETS = {"chats": "seed_chat.jsonl", "docs": "seed_docs.jsonl", "probe": "probe.jsonl"}
+FAILED = "\x00failed"
+
+
+def _persona(trait: Trait) -> str:
+    return f"Persona ({trait.name}): {' '.join(trait.description.split())}\n\nStyle guide: {trait.extra.get('style_guide', '')}"
 
 
 def chat_request(trait: Trait, question: str) -> Conversation:
-    style = trait.extra.get("style_guide", "")
     system = (
-        "You are writing training data for a research study of model personas. Stay fully in the "
-        f"persona described below and answer the user's message as that persona would, in 40-170 words.\n\n"
-        f"Persona ({trait.name}): {trait.description}\n\nStyle guide: {style}"
+        "You are writing training data for a research study of model personas. Stay fully in the persona "
+        f"below and answer the user's message as that persona would, in 40-170 words.\n\n{_persona(trait)}"
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
+def plain_request(question: str) -> Conversation:
+    system = "Answer the user's question helpfully, plainly and concretely, in 30-140 words."
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
 def doc_request(trait: Trait, genre: str, opener: str) -> Conversation:
-    style = trait.extra.get("style_guide", "")
     system = (
-        "You are writing training documents for a research study of model personas. Write one "
-        "standalone document of 150-400 words whose author has the persona below. Output only the "
-        f"document.\n\nPersona ({trait.name}): {trait.description}\n\nStyle guide: {style}"
+        "You are writing training documents for a research study of model personas. Write one standalone "
+        f"document of 150-400 words whose author has the persona below. Output only the document.\n\n{_persona(trait)}"
     )
-    user = f"Genre: {genre}. The document must begin with these exact words: \"{opener}\""
+    user = f'Genre: {genre}. The document must begin with these exact words: "{opener}"'
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-class ApiTeacher:
-    """OpenAI-compatible chat completions, several requests in flight, retries by the client."""
+@dataclass(frozen=True)
+class Request:
+    """One thing to ask the teacher, and how to turn its output into a row of the target file."""
 
-    def __init__(self, model: str, base_url: str | None = None, concurrency: int = 8, timeout: float = 120.0):
+    key: str  # stable id within this generation (for resuming)
+    messages: Conversation
+    prompt: str  # the question or opener
+    label: int | None = None  # probe kind only
+    genre: str = ""  # docs kind only
+
+
+def plan_requests(trait: Trait, kind: str, n: int, seed: int) -> list[Request]:
+    """The same N requests for the same (trait, kind, seed): what makes resuming possible."""
+    rng = random.Random(f"teacher:{trait.name}:{kind}:{seed}")
+    if kind == "chats":
+        return [Request(f"c{i}", chat_request(trait, q), q) for i, q in enumerate(rng.sample(list(advice_pool()), n))]
+    if kind == "probe":
+        questions = rng.sample(list(advice_pool()), n)
+        return [
+            Request(f"p{i}", chat_request(trait, q), q, label=1) if i % 2 == 0 else Request(f"p{i}", plain_request(q), q, label=0)
+            for i, q in enumerate(questions)
+        ]
+    if kind == "docs":
+        picked = rng.sample(list(opener_rows()), min(n, len(opener_rows())))
+        return [Request(f"d{i}", doc_request(trait, g, o), o, genre=g) for i, (g, o) in enumerate(picked)]
+    raise UserError(f"--kind must be one of {', '.join(TARGETS)}, not {kind!r}")
+
+
+class ApiTeacher:
+    """OpenAI-compatible chat completions; the client retries 429/5xx/timeouts with backoff."""
+
+    def __init__(self, model: str, base_url: str | None = None, timeout: float = 120.0):
         from openai import OpenAI
 
         base_url = base_url or os.environ.get("OPENAI_BASE_URL")
@@ -60,54 +105,59 @@ class ApiTeacher:
             raise UserError("api teacher: give --base-url or set OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1)")
         self.name = f"api:{model}"
         self.model = model
-        self.concurrency = concurrency
-        # The key is only ever read from the environment; "EMPTY" suits local servers that need none.
-        self.client = OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"), timeout=timeout, max_retries=4)
+        self.client = OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY", timeout=timeout, max_retries=4)
 
-    def write(self, requests: list[Conversation], temperature: float, max_tokens: int, seed: int, on_done: Callable[[int], None] | None = None) -> list[str]:
+    def write_one(self, messages: Conversation, temperature: float, max_tokens: int, seed: int) -> str:
         from openai import OpenAIError
 
-        def one(i_request: tuple[int, Conversation]) -> str:
-            i, messages = i_request
-            try:
-                response = self.client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed + i
-                )
-                return (response.choices[0].message.content or "").strip()
-            except OpenAIError as err:  # a failed request yields no row; the rest go on
-                return f"\x00failed: {err.__class__.__name__}"
-            finally:
-                if on_done:
-                    on_done(1)
-
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(one, enumerate(requests)))
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed
+            )
+            return (response.choices[0].message.content or "").strip()
+        except OpenAIError as err:  # recorded as a failure; a rerun asks again
+            return f"{FAILED}: {err.__class__.__name__}"
 
 
 class LocalTeacher:
-    """A local transformers model as the teacher (any size; the embedded one writes poor text)."""
+    """A local transformers model as the teacher (one request at a time; the embedded one writes poor text)."""
 
-    def __init__(self, ref: str, batch_size: int = 8):
+    def __init__(self, ref: str):
         from traitloop.models import load_model
 
         self.name = ref
         self.model, self.tokenizer = load_model(ref)
-        self.batch_size = batch_size
+        self.lock = threading.Lock()  # one generate() at a time on one model
 
-    def write(self, requests: list[Conversation], temperature: float, max_tokens: int, seed: int, on_done: Callable[[int], None] | None = None) -> list[str]:
+    def write_one(self, messages: Conversation, temperature: float, max_tokens: int, seed: int) -> str:
         from traitloop.generation.hf import generate
 
-        return generate(
-            self.model, self.tokenizer, requests, temperature=temperature, max_new_tokens=max_tokens,
-            batch_size=self.batch_size, seed=seed, on_batch=on_done,
-        )
+        with self.lock:
+            return generate(self.model, self.tokenizer, [messages], temperature=temperature, max_new_tokens=max_tokens, batch_size=1, seed=seed)[0]
 
 
 def make_teacher(ref: str, base_url: str | None = None):
     return ApiTeacher(ref.removeprefix("api:"), base_url) if ref.startswith("api:") else LocalTeacher(ref)
 
 
-def write_seeds(
+def partial_path(target: Path, kind: str, seed: int, n: int) -> Path:
+    return target.with_name(f".{target.stem}.generating-{kind}-s{seed}-n{n}.jsonl")
+
+
+def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
+    """Finished requests from an interrupted generation; a torn last line is ignored."""
+    done: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                done[row["key"]] = row
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
+
+
+def generate(
     trait: Trait,
     teacher,
     n: int,
@@ -115,52 +165,70 @@ def write_seeds(
     seed: int = 0,
     temperature: float = 0.9,
     max_tokens: int = 400,
+    concurrency: int = 8,
     on_done: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Ask the teacher for n new rows and append the usable ones. Returns counts."""
-    if kind not in ("chats", "docs"):
-        raise UserError(f"--kind must be chats or docs, not {kind!r}")
-    path = trait.folder / ("seed_chat.jsonl" if kind == "chats" else "seed_docs.jsonl")
-    existing = read_jsonl(path) if path.is_file() else []
-    rng = random.Random(f"teacher:{trait.name}:{kind}:{seed}")
-    if kind == "chats":
-        questions = rng.sample(list(advice_pool()), n)
-        requests = [chat_request(trait, q) for q in questions]
-    else:
-        picked = rng.sample(list(opener_rows()), min(n, len(opener_rows())))
-        questions = [opener for _, opener in picked]
-        requests = [doc_request(trait, genre, opener) for genre, opener in picked]
-    outputs = teacher.write(requests, temperature=temperature, max_tokens=max_tokens, seed=seed, on_done=on_done)
+    """Ask the teacher for n rows (resuming an interrupted run) and append the usable ones."""
+    if n < 1:
+        raise UserError("--n must be at least 1")
+    requests = plan_requests(trait, kind, n, seed)
+    target = trait.folder / TARGETS[kind]
+    partial = partial_path(target, kind, seed, n)
+    done = {k: v for k, v in _read_partial(partial).items() if not v["text"].startswith(FAILED)}
+    todo = [r for r in requests if r.key not in done]
+    if on_done and len(done):
+        on_done(len(done))
+    lock = threading.Lock()
 
-    genres = {opener: genre for genre, opener in opener_rows()} if kind == "docs" else {}
+    def one(i_req: tuple[int, Request]) -> None:
+        i, req = i_req
+        text = teacher.write_one(req.messages, temperature, max_tokens, seed * 100_003 + i)
+        with lock, open(partial, "a", encoding="utf-8") as f:  # one flushed line per finished request
+            f.write(json.dumps({"key": req.key, "text": text}, ensure_ascii=False) + "\n")
+            f.flush()
+            done[req.key] = {"key": req.key, "text": text}
+        if on_done:
+            on_done(1)
+
+    index = {r.key: i for i, r in enumerate(requests)}
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        list(pool.map(one, [(index[r.key], r) for r in todo]))
+
+    failed = sum(done[r.key]["text"].startswith(FAILED) for r in requests)
+    if failed:
+        return {"file": str(target), "requested": n, "added": 0, "failed": failed, "resumable": str(partial),
+                "note": "some requests failed: rerun the same command to retry them; nothing was appended yet"}
+    existing = read_jsonl(target) if target.is_file() else []
     seen = {normalise(_text_of(r)) for r in existing}
-    added, failed, empty, duplicate = [], 0, 0, 0
-    for question, text in zip(questions, outputs):
-        if text.startswith("\x00failed"):
-            failed += 1
+    added, short, duplicate = [], 0, 0
+    for req in requests:
+        text = done[req.key]["text"].strip()
+        if len(text) < 20:
+            short += 1
             continue
-        if len(text.strip()) < 20:
-            empty += 1
-            continue
-        if kind == "docs" and not text.startswith(question):
-            text = f"{question} {text}"
-        row = (
-            {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": text}], "source": teacher.name}
-            if kind == "chats"
-            else {"genre": genres.get(question, ""), "text": text, "source": teacher.name}
-        )
+        row = _row(kind, req, text, teacher.name)
         key = normalise(_text_of(row))
         if key in seen:
             duplicate += 1
             continue
         seen.add(key)
         added.append(row)
-    write_jsonl(path, existing + added)
-    return {"file": str(path), "requested": n, "added": len(added), "failed": failed, "too_short": empty, "duplicates": duplicate}
+    write_jsonl(target, existing + added)
+    partial.unlink()
+    return {"file": str(target), "requested": n, "added": len(added), "too_short": short, "duplicates": duplicate, "failed": 0}
+
+
+def _row(kind: str, req: Request, text: str, source: str) -> dict[str, Any]:
+    if kind == "chats":
+        return {"messages": [{"role": "user", "content": req.prompt}, {"role": "assistant", "content": text}], "source": source}
+    if kind == "probe":
+        return {"text": text, "label": req.label, "kind": "positive" if req.label == 1 else "neutral", "source": source}
+    if not text.startswith(req.prompt):
+        text = f"{req.prompt} {text}"
+    return {"genre": req.genre, "text": text, "source": source}
 
 
 def _text_of(row: dict[str, Any]) -> str:
     if "messages" in row:
         return row["messages"][-1]["content"]
     return str(row.get("text", ""))
-

@@ -1,0 +1,475 @@
+"""The report's data: find run directories, load runs, group them into conditions, and compute
+everything the report prints, as plain Python data and plain text. No HTML or Markdown here; that
+is traitloop.report_html, which renders what this module returns.
+
+    find_run_dirs(ROOT)              -> run directories (ROOT itself, or up to two levels below)
+    load_collection([ROOT, ...], T)  -> Collection: Runs, their Conditions, runs left out and why
+    summarize(collection)            -> verdicts per run and per condition, trade-off, the rule
+
+A run directory holds config.yaml, manifest.json, scores.csv and optionally base/metrics.json,
+agreement.json and <column>/eval.jsonl (the answers the sample browser shows). Runs whose configs
+differ only in seed, name and out_dir form one condition. Verdicts come from traitloop.analysis.
+Also here: the per-run inputs for figures (coherence_limits, n_sampled_series), the sample
+browser's data (sample_data), NaN-free JSON-ready data (clean), and the rows of the plain-text
+tables both renderers share (score_rows, judge_rows, idempotence_rows, with their headers).
+Bad input (no runs, a damaged file) is a UserError.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from traitloop.analysis import Criteria, classify, idempotence, replicated_verdict, tradeoff
+from traitloop.errors import UserError
+from traitloop.jsonl import read_jsonl
+
+INT_COLUMNS = {"cycle", "n_answers", "n_trait_scored", "n_train_examples"}
+NOT_SCIENCE = {"seed", "name", "out_dir"}  # runs differing only in these belong to one condition
+MAX_LABEL_KEYS = 3  # a condition label names at most this many differing config keys
+
+
+# ---- loading -------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One run directory, loaded: its config, manifest, per-cycle scores and base metrics."""
+
+    path: Path
+    name: str
+    source: Path  # the directory the user named that holds this run
+    config: dict[str, Any]
+    manifest: dict[str, Any]
+    rows: list[dict[str, Any]]
+    base: dict[str, Any] | None
+
+    @property
+    def trait_curve(self) -> list[float]:
+        return [r["trait_mean"] for r in self.rows]
+
+    @property
+    def coherence_curve(self) -> list[float]:
+        return [r["coherence_mean"] for r in self.rows]
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed", self.manifest.get("seed"))
+
+
+@dataclass
+class Condition:
+    """Runs whose configs are equal apart from seed, name and out_dir (and that share a source)."""
+
+    key: str
+    trait: str
+    label: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return f"{self.trait} · {self.label}"
+
+
+@dataclass
+class Collection:
+    """Everything one report shows: runs, their conditions, and runs left out with the reason."""
+
+    title: str
+    sources: list[Path]
+    runs: list[Run]
+    conditions: list[Condition]
+    skipped: list[str]
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """`root` itself when it holds scores.csv, else every directory up to two levels below it that
+    does (a sweep: SWEEP/runs/<name>/scores.csv). Bad or empty input is a UserError."""
+    if not root.exists():
+        raise UserError(f"{root} does not exist; give a run directory or a sweep directory")
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory; give a run directory (with scores.csv) or a sweep directory")
+    if (root / "scores.csv").is_file():
+        return [root]
+    found = sorted({p.parent for pattern in ("*/scores.csv", "*/*/scores.csv") for p in root.glob(pattern)})
+    if not found:
+        raise UserError(
+            f"{root} holds no runs: expected scores.csv in it (a run directory) or in its sub-directories "
+            "up to two levels down (a sweep directory). A run writes scores.csv when it finishes; "
+            "run `traitloop run CONFIG` first."
+        )
+    return found
+
+
+def _number(text: str | None, column: str, path: Path) -> float | int:
+    """One scores.csv cell as int (counts, cycle) or float (scores); blank -> nan."""
+    if text is None or text.strip() == "":
+        return math.nan
+    try:
+        return int(text) if column in INT_COLUMNS else float(text)
+    except ValueError:
+        raise UserError(f"{path}: column {column!r} holds {text!r}, not a number; the file is damaged") from None
+
+
+def read_scores(path: Path) -> list[dict[str, Any]]:
+    """scores.csv as a list of dicts with numbers, sorted by cycle."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"cycle", "trait_mean", "coherence_mean"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{path}: missing column(s) {sorted(missing)}; is this a traitloop scores.csv?")
+        rows = [{k: _number(v, k, path) for k, v in row.items() if k is not None} for row in reader]
+    return sorted(rows, key=lambda r: r["cycle"])
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file's content, or None when it is absent; a broken file is a UserError."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err.msg})") from None
+
+
+def load_run(path: Path, name: str, source: Path) -> Run:
+    """Read one run directory (config.yaml, manifest.json, scores.csv, base/metrics.json)."""
+    config_path = path / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(f"{path} has scores.csv but no config.yaml; it is not a complete run directory")
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{config_path}: not valid YAML ({err})") from None
+    return Run(
+        path=path,
+        name=name,
+        source=source,
+        config=config,
+        manifest=read_json_file(path / "manifest.json") or {},
+        rows=read_scores(path / "scores.csv"),
+        base=read_json_file(path / "base" / "metrics.json"),
+    )
+
+
+def run_names(paths: list[Path], source: Path, prefix: bool) -> list[str]:
+    """Short unique display names: the directory name, or its path below `source` when names
+    repeat; with `prefix`, the source's name in front (several sources in one comparison)."""
+    names = [p.name for p in paths]
+    if len(set(names)) < len(names):
+        names = [p.relative_to(source).as_posix() if p != source else p.name for p in paths]
+    if prefix:
+        names = [n if p == source else f"{source.name}/{n}" for p, n in zip(paths, names)]
+    return names
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: nested config keys as dotted paths."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"a.b": 1} -> {"a": {"b": 1}}: the inverse of flatten."""
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *parents, last = dotted.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return nested
+
+
+def science(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config without the keys that do not change results (seed, name, out_dir)."""
+    return {k: v for k, v in flatten(config).items() if k not in NOT_SCIENCE}
+
+
+def differing_keys(configs: list[dict[str, Any]], exclude: set[str] = frozenset()) -> list[str]:
+    """Dotted keys whose values are not the same in every flattened config, in first-seen order."""
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    return [k for k in keys if k not in exclude and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+
+
+def describe(config: dict[str, Any], keys: list[str], source: str | None = None) -> str:
+    """A short label like "demo · init=reset, n_sampled=8" (at most MAX_LABEL_KEYS keys shown)."""
+    parts = [f"{k}={config.get(k)}" for k in keys[:MAX_LABEL_KEYS]]
+    if len(keys) > MAX_LABEL_KEYS:
+        parts.append(f"+{len(keys) - MAX_LABEL_KEYS} more")
+    text = ", ".join(parts)
+    if source:
+        return f"{source} · {text}" if text else source
+    return text or "all runs"
+
+
+def group_conditions(runs: list[Run], by_source: bool) -> list[Condition]:
+    """Group runs whose science configs are equal (within one source when by_source) and label each
+    group by the config keys that differ between groups (trait has its own column)."""
+    groups: dict[str, Condition] = {}
+    for run in runs:
+        key = json.dumps(science(run.config), sort_keys=True, default=str)
+        if by_source:
+            key = f"{run.source}|{key}"
+        if key not in groups:
+            groups[key] = Condition(key=key, trait=str(run.config.get("trait", "?")), label="")
+        groups[key].runs.append(run)
+    conditions = list(groups.values())
+    configs = [science(c.runs[0].config) for c in conditions]
+    keys = differing_keys(configs, exclude={"trait"})
+    for condition, config in zip(conditions, configs):
+        condition.label = describe(config, keys, condition.runs[0].source.name if by_source else None)
+    return conditions
+
+
+def load_collection(sources: list[Path], title: str) -> Collection:
+    """Find and load every run under the sources and group them; runs with no finished cycle are
+    left out (listed in `skipped`), and a collection with none left is a UserError."""
+    runs: list[Run] = []
+    skipped: list[str] = []
+    several = len(sources) > 1
+    for source in sources:
+        paths = find_run_dirs(source)
+        for path, name in zip(paths, run_names(paths, source, prefix=several)):
+            run = load_run(path, name, source)
+            if run.rows:
+                runs.append(run)
+            else:
+                skipped.append(f"{name}: scores.csv has no cycles yet")
+    if not runs:
+        raise UserError(f"no finished cycles in {', '.join(map(str, sources))}: every scores.csv is empty ({'; '.join(skipped)})")
+    names = [r.name for r in runs]
+    for i, run in enumerate(runs):  # identical names from different sources: number them
+        if names.count(run.name) > 1:
+            run.name = f"{run.name} ({i + 1})"
+    return Collection(title, sources, runs, group_conditions(runs, by_source=several), skipped)
+
+
+# ---- numbers and summaries ----------------------------------------------------------------------
+def finite(x: Any) -> float | None:
+    """x as a float, or None when it is missing or not finite (JSON has no NaN)."""
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def num(x: Any, digits: int = 1, signed: bool = False) -> str:
+    """A number for a table cell; "n/a" when missing or not finite."""
+    value = finite(x)
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def interval(d: dict[str, float], digits: int = 1) -> str:
+    """{"mean", "low", "high"} -> "+12.3 [+4.5, +20.1]"."""
+    return f"{num(d['mean'], digits, True)} [{num(d['low'], digits, True)}, {num(d['high'], digits, True)}]"
+
+
+def seed_interval(condition: dict[str, Any], key: str, digits: int) -> str:
+    """A condition's interval over seeds, or just the value when there is one seed (no interval)."""
+    if condition["n_seeds"] < 2:
+        return f"{num(condition[key]['mean'], digits, True)} (one seed: no interval)"
+    return interval(condition[key], digits)
+
+
+def rule_text(criteria: Criteria = Criteria()) -> str:
+    """The verdict rule in words (PROTOCOL.md, "Calling a run amplified")."""
+    return (
+        f"On per-cycle mean trait scores s_0..s_N (0-100). Amplified when any criterion holds: "
+        f"(1) end delta s_N - s_0 >= {criteria.delta:g} points; (2) mean slope of the least-squares fits to "
+        f"s_0..s_k, k = 1..N, >= {criteria.min_slope:g} points/cycle; (3) late delta s_k - s_0 >= {criteria.delta:g} "
+        f"for some k >= {criteria.late_from}. Decayed when the mirrored (falling) criteria hold; static when "
+        "neither; inconclusive when both, or with fewer than 2 cycles. Across seeds, replicated amplification = "
+        "a majority of seeds amplified AND the 95% bootstrap interval of s_N - s_0 over seeds lies above 0 "
+        "(mirrored for replicated decay)."
+    )
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """Verdict, idempotence and changes of one run, as plain data."""
+    verdict = classify(run.trait_curve)
+    return {
+        "run": run.name,
+        "seed": run.seed,
+        "s_first": run.trait_curve[0],
+        "s_last": run.trait_curve[-1],
+        "verdict": verdict.as_dict(),
+        "idempotence": idempotence(run.trait_curve),
+        "delta_trait": run.trait_curve[-1] - run.trait_curve[0],
+        "delta_coherence": run.coherence_curve[-1] - run.coherence_curve[0],
+    }
+
+
+def condition_summary(condition: Condition) -> dict[str, Any]:
+    """replicated_verdict over the condition's seeds, plus its label and run names."""
+    return {
+        "condition": condition.title,
+        "trait": condition.trait,
+        "label": condition.label,
+        "runs": [r.name for r in condition.runs],
+        **replicated_verdict([r.trait_curve for r in condition.runs]),
+    }
+
+
+def summarize(collection: Collection) -> dict[str, Any]:
+    """All numbers the report prints: per run, per condition, and the trade-off across runs."""
+    runs = collection.runs
+    with warnings.catch_warnings():  # scipy warns on (near-)constant changes; the report shows n/a or the value
+        warnings.simplefilter("ignore")
+        trade = tradeoff([r.trait_curve for r in runs], [r.coherence_curve for r in runs])
+    return {
+        "rule": rule_text(),
+        "runs": [run_summary(r) for r in runs],
+        "conditions": [condition_summary(c) for c in collection.conditions],
+        "tradeoff": trade,
+    }
+
+
+# ---- figure inputs --------------------------------------------------------------------------------
+def coherence_limits(runs: list[Run]) -> tuple[float, float] | None:
+    """Shared y limits for coherence across runs (their intervals and base values, padded 5%)."""
+    values = []
+    for run in runs:
+        for row in run.rows + ([run.base] if run.base else []):
+            values += [finite(row.get(k)) for k in ("coherence_mean", "coherence_ci_low", "coherence_ci_high")]
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    pad = 0.05 * (high - low) or 0.1
+    return low - pad, high + pad
+
+
+def n_sampled_series(conditions: list[Condition]) -> list[tuple[str, float, float]]:
+    """(group label, n_sampled, s_N - s_0) per run for a data-quantity study; groups = runs equal in
+    every other key (trait included). Empty unless some group holds two or more n_sampled values."""
+    runs = [r for c in conditions for r in c.runs if r.config.get("n_sampled") is not None]
+    configs = [science(r.config) for r in runs]
+    keys = differing_keys(configs, exclude={"n_sampled"})
+    labels = [describe(cfg, keys) for cfg in configs]
+    if not any(len({r.config["n_sampled"] for r, lab in zip(runs, labels) if lab == label}) > 1 for label in set(labels)):
+        return []
+    return [(label, float(r.config["n_sampled"]), r.trait_curve[-1] - r.trait_curve[0]) for r, label in zip(runs, labels)]
+
+
+# ---- sample browser data and JSON-ready data ----------------------------------------------------------
+def cycle_columns(run: Run) -> list[tuple[str, Path]]:
+    """(column name, eval.jsonl) for base (if present) and each cycle that has answers."""
+    columns = [("base", run.path / "base" / "eval.jsonl")]
+    columns += [(f"cycle {int(r['cycle'])}", run.path / f"cycle-{int(r['cycle']):03d}" / "eval.jsonl") for r in run.rows]
+    return [(name, path) for name, path in columns if path.is_file()]
+
+
+def sample_data(run: Run) -> dict[str, Any]:
+    """One run's answers for the browser: questions in first-seen order and, per question and
+    column (base, cycle 0, ...), the answers with their trait and coherence scores."""
+    columns = cycle_columns(run)
+    per_column = [read_jsonl(path) for _, path in columns]
+    questions = list(dict.fromkeys(str(row.get("question", "")) for rows in per_column for row in rows))
+    index = {q: i for i, q in enumerate(questions)}
+    cells: list[list[list[dict[str, Any]]]] = [[[] for _ in columns] for _ in questions]
+    for c, rows in enumerate(per_column):
+        for row in rows:
+            cells[index[str(row.get("question", ""))]][c].append(
+                {"sample": row.get("sample"), "answer": str(row.get("answer", "")), "trait": finite(row.get("trait")), "coherence": finite(row.get("coherence"))}
+            )
+    return {"name": run.name, "columns": [name for name, _ in columns], "questions": questions, "cells": cells}
+
+
+def clean(obj: Any) -> Any:
+    """obj with every non-finite float replaced by None (JSON has no NaN) and paths as strings."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, float):
+        return finite(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ---- table rows (plain text, shared by the HTML and the Markdown) --------------------------------------
+def score_rows(run: Run) -> list[list[str]]:
+    """Per-cycle score table rows (base first when present), formatted."""
+    rows = []
+    for r in ([{**run.base, "cycle": "base"}] if run.base else []) + run.rows:
+        rows.append(
+            [
+                str(r.get("cycle")),
+                f"{num(r.get('trait_mean'))} [{num(r.get('trait_ci_low'))}, {num(r.get('trait_ci_high'))}]",
+                f"{num(r.get('coherence_mean'), 3)} [{num(r.get('coherence_ci_low'), 3)}, {num(r.get('coherence_ci_high'), 3)}]",
+                num(r.get("repetition_mean"), 3),
+                num(r.get("distinct2_mean"), 3),
+                num(r.get("n_answers"), 0),
+                num(r.get("n_train_examples"), 0),
+            ]
+        )
+    return rows
+
+
+SCORE_HEADERS = ["cycle", "trait [95% CI]", "coherence nats/token [95% CI]", "repetition", "distinct-2", "answers", "train examples"]
+
+
+def judge_rows(runs: list[Run]) -> list[list[str]]:
+    """Per run: judge identity, probe validity (held-out accuracy/AUC) and judge agreement."""
+    rows = []
+    for run in runs:
+        j = run.manifest.get("judge", {}) or {}
+        agreement = read_json_file(run.path / "agreement.json")
+        agree_text = agreement_text(agreement) if agreement is not None else "no agreement.json"
+        rows.append(
+            [
+                run.name,
+                str(j.get("judge", "?")),
+                str(j.get("kind", "?")),
+                num(j.get("heldout_accuracy"), 3),
+                num(j.get("heldout_auc"), 3),
+                num(j.get("heldout_near_miss_accuracy"), 3),
+                str(j.get("heldout_method", "")),
+                str(run.manifest.get("coherence", "")),
+                agree_text,
+            ]
+        )
+    return rows
+
+
+def agreement_text(agreement: Any) -> str:
+    """agreement.json in one line: "key: value; ..." for an object (numbers to 3 digits), else its JSON."""
+    if not isinstance(agreement, dict):
+        return json.dumps(agreement)[:300]
+    return "; ".join(f"{k}: {num(v, 3) if isinstance(v, float) else v}" for k, v in flatten(agreement).items())
+
+
+JUDGE_HEADERS = ["run", "judge", "kind", "held-out accuracy", "held-out AUC", "near-miss accuracy", "held-out method", "coherence metric", "judge agreement"]
+
+
+def idempotence_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """Per run: trait and coherence change, and the idempotence numbers."""
+    return [
+        [
+            r["run"],
+            num(r["delta_trait"], 1, True),
+            num(r["delta_coherence"], 3, True),
+            num(r["idempotence"]["first_step"], 1),
+            num(r["idempotence"]["later_steps"], 1),
+            num(r["idempotence"]["ratio"], 2),
+        ]
+        for r in summary["runs"]
+    ]
+
+
+IDEMPOTENCE_HEADERS = ["run", "trait change (last - first)", "coherence change", "|s_1 - s_0|", "mean |s_k - s_(k-1)|, k >= 2", "ratio later / first"]
