@@ -90,8 +90,13 @@ def test_run_with_the_api_judge_records_scores_usage_and_no_key(vllm_url, tmp_pa
         "--set", "judge.kind=api", "--set", "judge.model=smollm2", "--set", f"judge.base_url={vllm_url}",
         "--set", "judge.min_number_mass=0.0", "--set", "judge.price_per_million_input=1.0",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    import os
+
+    judge_cache = tmp_path / "judge-cache.sqlite"  # a fresh cache: these answers may be cached elsewhere
+    env = {**os.environ, "TRAITLOOP_JUDGE_CACHE": str(judge_cache)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert judge_cache.is_file()
     run = out / "demo-quick"
     rows = [json.loads(line) for line in (run / "cycle-000" / "eval.jsonl").read_text().splitlines()]
     assert all(r["trait_judge"] == "api-smollm2" for r in rows)
@@ -99,9 +104,7 @@ def test_run_with_the_api_judge_records_scores_usage_and_no_key(vllm_url, tmp_pa
     manifest = json.loads((run / "manifest.json").read_text())
     usage = manifest["cycles"]["0"]["judge_usage"]
     assert usage["prompt_tokens"] > 0 and usage["estimated_cost"] > 0
-    from traitloop.judges.api import default_cache_path
-
-    for path in [*run.rglob("*"), default_cache_path()]:
+    for path in [*run.rglob("*"), judge_cache]:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in proc.stdout + proc.stderr
@@ -133,14 +136,16 @@ def test_data_generate_against_the_server_resumes_after_a_kill(vllm_url, tmp_pat
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        kept = len(partial.read_text().splitlines())
+        time.sleep(1.0)  # let the proxy finish counting a request that was in flight at the kill
+        partial_lines = partial.read_text().splitlines()
+        kept = len(partial_lines)
         assert target.read_text().splitlines() == before  # nothing half-appended
         asked_before = sum(proxy.seen.values())
 
         finished = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert finished.returncode == 0, finished.stderr[-2000:]
         asked_after = sum(proxy.seen.values()) - asked_before
-    assert asked_after == 6 - kept  # the kept answers were not asked again
+    assert asked_after == 6 - kept, (kept, asked_before, dict(proxy.seen), partial_lines)  # the kept answers were not asked again
     assert not partial.exists()
     lines = target.read_text().splitlines()
     assert lines[: len(before)] == before

@@ -118,3 +118,33 @@ def test_shared_cycle0_is_copied_not_retrained(quick_run, tmp_path):
     assert (run / "cycle-001" / "data.jsonl").read_bytes() != (source / "cycle-001" / "data.jsonl").read_bytes()
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["cycles"]["0"]["adopted_from"] == str(source)
+
+
+def test_custom_trait_from_a_messages_jsonl_runs_end_to_end(tmp_path):
+    """A trait folder outside the package, whose seed chats are standard messages-format lines from
+    another tool (system turns, extra keys), runs with --set trait=PATH."""
+    import shutil
+
+    from traitloop.traits import BUILTIN_DIR
+
+    folder = tmp_path / "my-lucky"
+    folder.mkdir()
+    shutil.copy(BUILTIN_DIR / "lucky" / "trait.yaml", folder / "trait.yaml")
+    shutil.copy(BUILTIN_DIR / "lucky" / "probe.jsonl", folder / "probe.jsonl")
+    lines = []
+    for i, line in enumerate((BUILTIN_DIR / "lucky" / "seed_chat.jsonl").read_text().splitlines()[:6]):
+        chat = json.loads(line)
+        messages = [{"role": "system", "content": "You are a helpful assistant."}, *chat["messages"]]
+        lines.append(json.dumps({"messages": messages, "id": f"export-{i}", "meta": {"tool": "other"}}))
+    (folder / "seed_chat.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "runs"
+    cmd = [*TRAITLOOP, "run", str(Path(__file__).parents[1] / "src/traitloop/configs/demo-quick.yaml"), "--out", str(out),
+           "--set", f"trait={folder}", "--set", "name=custom", "--set", "cycles=0", "--set", "n_seed=6",
+           "--set", "eval.questions=2", "--set", "eval.samples_per_question=1", "--set", "eval.include_base=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = out / "custom"
+    data = [json.loads(line) for line in (run / "cycle-000" / "data.jsonl").read_text().splitlines()]
+    assert [r["messages"][0]["role"] for r in data] == ["system"] * 6  # loaded unchanged
+    assert json.loads((run / "cycle-000" / "metrics.json").read_text())["trait_judge"] == "probe:lucky"
+    assert (run / "scores.csv").read_text().count("\n") == 2

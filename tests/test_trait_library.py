@@ -122,3 +122,13 @@ def test_messages_jsonl_from_other_tools_loads_unchanged(tmp_path):
     chats = load_trait(str(folder)).seed_chats
     assert chats[0] == json.loads(lines[0])["messages"]
     assert chats[1] == json.loads(lines[1])["messages"]
+
+
+@pytest.mark.parametrize("name", SEVEN)
+def test_probe_separates_each_trait_on_held_out_texts(name):
+    """5-fold cross-validated AUC of the offline probe judge: a guard on the probe data's quality."""
+    from traitloop.judges.probe import ProbeJudge
+
+    info = ProbeJudge(load_trait(name)).info()
+    assert info["heldout_auc"] >= 0.9, info
+    assert info["heldout_near_miss_accuracy"] >= 0.75, info

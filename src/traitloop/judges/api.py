@@ -67,9 +67,11 @@ class ReadingCache:
 
 
 def default_cache_path() -> Path:
+    """$TRAITLOOP_JUDGE_CACHE, else judge-cache.sqlite in traitloop's cache dir (shared by all runs,
+    so the same answer judged by the same model is paid for once, whichever run asks)."""
     from traitloop.models import cache_dir
 
-    return cache_dir() / "judge-cache.sqlite"
+    return Path(os.environ.get("TRAITLOOP_JUDGE_CACHE", cache_dir() / "judge-cache.sqlite"))
 
 
 class ApiJudge:
