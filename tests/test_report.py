@@ -8,14 +8,13 @@ import html
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.cli import run_cli
 import yaml
 
 from traitloop.analysis import classify, replicated_verdict
-from traitloop.cli import main
 from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
 from traitloop.report import plot_trait_coherence, seed_band
@@ -301,18 +300,6 @@ def test_bad_directories_are_user_errors(tmp_path):
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    """Run `traitloop ARGS` in-process: (exit code, stdout + stderr)."""
-    monkeypatch.setattr(sys, "argv", ["traitloop", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 def test_cli_report_and_compare(tmp_path, monkeypatch, capsys):
     a = make_run(tmp_path / "a", RISING)
     b = make_run(tmp_path / "b", RISING, seed=1)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
+from helpers.cli import run_cli
 
-from traitloop.cli import main
 from traitloop.traits import BUILTIN_DIR, builtin_traits, load_trait
 from traitloop.traits.validate import validate_trait
 
@@ -57,18 +56,6 @@ def test_seed_chats_of_different_traits_do_not_overlap():
             answer = " ".join(chat[-1]["content"].lower().split())
             assert answer not in seen, f"{name} repeats an answer of {seen.get(answer)}"
             seen[answer] = name
-
-
-def run_cli(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["traitloop", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def test_scaffold_then_validate_lists_every_unfilled_part(tmp_path, monkeypatch, capsys):

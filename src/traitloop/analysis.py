@@ -3,7 +3,9 @@
 The amplification criteria follow PROTOCOL.md ("Calling a run amplified"), on per-cycle mean trait
 scores s_0..s_N (0-100):
   1. end delta   s_N - s_0 >= delta                                   (default delta 15 points)
-  2. slope       mean over k=1..N of the least-squares slope of s_0..s_k >= min_slope (1.67/cycle)
+  2. slope       mean over k=1..N of the least-squares slope of s_0..s_k >= min_slope (1.67/cycle);
+                 only with N >= 2 (a "slope" through two points is just the end delta, and would call
+                 a 2-point change amplified)
   3. late delta  some s_k - s_0 >= delta with k >= late_from (4)
 A run is "amplified" when any criterion holds, "decayed" when the mirrored criteria hold (drops
 instead of rises), "static" when neither does, and "inconclusive" when both do (it rose and fell
@@ -35,6 +37,7 @@ def mean_ci(values: list[float | None], level: float = 0.95, n_boot: int = 2000,
 class Criteria:
     delta: float = 15.0  # points on the 0-100 scale, for end delta and late delta
     min_slope: float = 1.67  # points per cycle, for the mean prefix slope
+    slope_min_cycles: int = 3  # the slope criterion needs s_0..s_N with at least this many cycles
     late_from: int = 4  # late delta looks at cycles k >= late_from
 
 
@@ -81,9 +84,9 @@ def classify(scores: list[float], criteria: Criteria = Criteria()) -> Verdict:
         up.append(f"end delta {end:+.1f} >= {criteria.delta:g}")
     if end <= -criteria.delta:
         down.append(f"end delta {end:+.1f} <= -{criteria.delta:g}")
-    if slope >= criteria.min_slope:
+    if s.size >= criteria.slope_min_cycles and slope >= criteria.min_slope:
         up.append(f"mean prefix slope {slope:+.2f} >= {criteria.min_slope:g}/cycle")
-    if slope <= -criteria.min_slope:
+    if s.size >= criteria.slope_min_cycles and slope <= -criteria.min_slope:
         down.append(f"mean prefix slope {slope:+.2f} <= -{criteria.min_slope:g}/cycle")
     if max_late is not None and max_late >= criteria.delta:
         up.append(f"late delta {max_late:+.1f} >= {criteria.delta:g} (cycle >= {criteria.late_from})")

@@ -290,7 +290,7 @@ def rule_text(criteria: Criteria = Criteria()) -> str:
     return (
         f"On per-cycle mean trait scores s_0..s_N (0-100). Amplified when any criterion holds: "
         f"(1) end delta s_N - s_0 >= {criteria.delta:g} points; (2) mean slope of the least-squares fits to "
-        f"s_0..s_k, k = 1..N, >= {criteria.min_slope:g} points/cycle; (3) late delta s_k - s_0 >= {criteria.delta:g} "
+        f"s_0..s_k, k = 1..N, >= {criteria.min_slope:g} points/cycle (only with >= {criteria.slope_min_cycles} cycles); (3) late delta s_k - s_0 >= {criteria.delta:g} "
         f"for some k >= {criteria.late_from}. Decayed when the mirrored (falling) criteria hold; static when "
         "neither; inconclusive when both, or with fewer than 2 cycles. Across seeds, replicated amplification = "
         "a majority of seeds amplified AND the 95% bootstrap interval of s_N - s_0 over seeds lies above 0 "
