@@ -255,11 +255,11 @@ def build_config(data: dict[str, Any], overrides: list[str] | None = None, sourc
         raise UserError(format_validation_error(err, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config, apply `key.path=value` overrides, validate. Raises UserError on bad input."""
+def read_yaml_mapping(path: str | Path, what: str = "config file", expected: str = "config keys") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; UserError (with the line of a syntax error) otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -267,8 +267,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
-    return build_config(data, overrides, source=str(path))
+        raise UserError(f"{path}: expected a mapping of {expected} at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config, apply `key.path=value` overrides, validate. Raises UserError on bad input."""
+    return build_config(read_yaml_mapping(path), overrides, source=str(path))
 
 
 def describe_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str]]:

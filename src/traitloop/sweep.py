@@ -51,10 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from traitloop.config import ExperimentConfig, build_config, format_validation_error, load_config
+from traitloop.config import ExperimentConfig, build_config, format_validation_error, load_config, read_yaml_mapping
 from traitloop.errors import UserError
 from traitloop.jsonl import atomic_write_text, write_json
 from traitloop.progress import Reporter
@@ -120,17 +119,8 @@ class Sweep:
 def load_sweep(path: str | Path, out_dir: str | Path | None = None) -> Sweep:
     """Read and validate a grid file and every run it expands to. Raises UserError; writes nothing."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"grid file not found: {path}")
+    data = read_yaml_mapping(path, "grid file", "name, base and grid")
     text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping with name, base and grid at the top level")
     try:
         grid = GridFile.model_validate(data)
     except ValidationError as err:
