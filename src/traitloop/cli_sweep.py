@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +27,4 @@ def register(app: typer.Typer) -> None:
         Console().print(summary_table(loaded, runs))
         code = exit_code(runs)
         if code:
-            # sys.exit, not typer.Exit: cli.main runs the app with standalone_mode=False, where click
-            # turns typer.Exit into a return value that main() does not pass on as the exit status.
-            sys.exit(code)
+            raise typer.Exit(code)  # cli.main passes the code on as the exit status
