@@ -138,16 +138,11 @@ class ApiJudge:
             return reading
 
         try:
-            results: list[Reading] = []
             for prompt, answer in zip(prompts, answers):
-                if not answer.strip():
-                    results.append(Reading(None, "empty answer"))
-                    continue
-                if prompt not in unique:
+                if answer.strip() and prompt not in unique:
                     unique[prompt] = asyncio.create_task(one(prompt))
-                results.append(None)  # type: ignore[arg-type]
-            done = {p: await t for p, t in unique.items()}
-            return [r if r is not None else done[p] for r, p in zip(results, prompts)]
+            done = {prompt: await task for prompt, task in unique.items()}
+            return [done[p] if a.strip() else Reading(None, "empty answer") for p, a in zip(prompts, answers)]
         finally:
             await client.close()
 
