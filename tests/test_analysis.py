@@ -32,6 +32,8 @@ def test_prefix_slope_averages_the_prefix_fits():
         # rose sharply then collapsed below start: both rise and fall criteria hold
         ([40, 70, 72, 70, 68, 30, 20], "inconclusive", "both rise and fall"),
         ([40], "inconclusive", "needs >= 2"),
+        # an early dip makes the mean prefix slope fall although the run ends 6 points higher
+        ([30, 15, 35, 36], "inconclusive", "points against the end delta (+6.0)"),
         # two cycles: a +6 change is no trend; only the 15-point end delta can call it
         ([20, 26], "static", "no criterion holds"),
         ([20, 40], "amplified", "end delta +20.0"),

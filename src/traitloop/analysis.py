@@ -9,7 +9,9 @@ scores s_0..s_N (0-100):
   3. late delta  some s_k - s_0 >= delta with k >= late_from (4)
 A run is "amplified" when any criterion holds, "decayed" when the mirrored criteria hold (drops
 instead of rises), "static" when neither does, and "inconclusive" when both do (it rose and fell
-by the margins) or there are too few finite cycles (< 2) to judge.
+by the margins), when the slope criterion alone fires against the sign of s_N - s_0 (a dip early
+on can make the mean prefix slope negative although the run ends higher), or when there are too
+few finite cycles (< 2) to judge.
 """
 
 from __future__ import annotations
@@ -92,8 +94,12 @@ def classify(scores: list[float], criteria: Criteria = Criteria()) -> Verdict:
         up.append(f"late delta {max_late:+.1f} >= {criteria.delta:g} (cycle >= {criteria.late_from})")
     if min_late is not None and min_late <= -criteria.delta:
         down.append(f"late delta {min_late:+.1f} <= -{criteria.delta:g} (cycle >= {criteria.late_from})")
+    slope_only = (up and all("slope" in c for c in up) and end < 0) or (down and all("slope" in c for c in down) and end > 0)
     if up and down:
         verdict, rule = "inconclusive", "both rise and fall criteria hold: " + "; ".join(up + down)
+    elif slope_only:
+        verdict = "inconclusive"
+        rule = f"only the slope criterion holds and it points against the end delta ({end:+.1f}): " + "; ".join(up + down)
     elif up:
         verdict, rule = "amplified", "; ".join(up)
     elif down:

@@ -32,7 +32,7 @@ from traitloop.errors import UserError
 from traitloop.jsonl import read_jsonl
 
 INT_COLUMNS = {"cycle", "n_answers", "n_trait_scored", "n_train_examples"}
-NOT_SCIENCE = {"seed", "name", "out_dir"}  # runs differing only in these belong to one condition
+NOT_SCIENCE = {"seed", "name", "out_dir", "cycle0_from"}  # runs differing only in these belong to one condition
 MAX_LABEL_KEYS = 3  # a condition label names at most this many differing config keys
 
 
@@ -192,7 +192,7 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def science(config: dict[str, Any]) -> dict[str, Any]:
-    """The flattened config without the keys that do not change results (seed, name, out_dir)."""
+    """The flattened config without the keys that do not change results (seed, where things are)."""
     return {k: v for k, v in flatten(config).items() if k not in NOT_SCIENCE}
 
 
@@ -292,7 +292,8 @@ def rule_text(criteria: Criteria = Criteria()) -> str:
         f"(1) end delta s_N - s_0 >= {criteria.delta:g} points; (2) mean slope of the least-squares fits to "
         f"s_0..s_k, k = 1..N, >= {criteria.min_slope:g} points/cycle (only with >= {criteria.slope_min_cycles} cycles); (3) late delta s_k - s_0 >= {criteria.delta:g} "
         f"for some k >= {criteria.late_from}. Decayed when the mirrored (falling) criteria hold; static when "
-        "neither; inconclusive when both, or with fewer than 2 cycles. Across seeds, replicated amplification = "
+        "neither; inconclusive when both, when the slope alone points against s_N - s_0, or with fewer than 2 "
+        "cycles. Across seeds, replicated amplification = "
         "a majority of seeds amplified AND the 95% bootstrap interval of s_N - s_0 over seeds lies above 0 "
         "(mirrored for replicated decay)."
     )
