@@ -69,7 +69,7 @@ def seed_band(curves: list[list[float]], level: float = 0.95) -> tuple[list[int]
 def draw_seeds(ax, curves: list[list[float]], color: str, label: str | None = None) -> None:
     """One thin line per seed, then the mean across seeds with its bootstrap band, on ax."""
     for curve in curves:
-        ax.plot(range(len(curve)), curve, "-", color=color, lw=0.8, alpha=0.35)
+        ax.plot(range(len(curve)), curve, "--", color=color, lw=1.0, alpha=0.7)  # visible at the band edges
     cycles, mean, low, high = seed_band(curves)
     n = len(curves)
     ax.plot(cycles, mean, "o-", color=color, lw=2, ms=4, label=f"{label} (mean of {n} seed{'s' if n != 1 else ''})" if label else None)
