@@ -20,15 +20,16 @@ from typing import Any
 from traitloop import models
 from traitloop.analysis import mean_ci
 from traitloop.config import ExperimentConfig
+from traitloop.errors import UserError
 from traitloop.generation.hf import generate
-from traitloop.judges.coherence import LoglikCoherence, distinct_n, repetition_rate
+from traitloop.jsonl import write_json
 from traitloop.judges import make_judge
+from traitloop.judges.coherence import LoglikCoherence, distinct_n, repetition_rate
 from traitloop.progress import Reporter
 from traitloop.prompts import POOL_DIR, advice_pool, cycle_prompts
 from traitloop.report import plot_trait_coherence
 from traitloop.seeding import derive_seed, seed_everything
 from traitloop.settings import sft
-from traitloop.jsonl import write_json
 from traitloop.store import BASE, RunStore, hash_files
 from traitloop.traits import load_trait
 from traitloop.training import attach_adapter, num_steps, train_sft
@@ -124,13 +125,17 @@ class Experiment:
                     )
                 rows = sft.generated_rows(prompts, answers, k)
                 del previous
+                if not rows:  # nothing written: the cycle stays unfinished, earlier cycles stay done
+                    raise UserError(
+                        f"cycle {k}: the cycle {k - 1} model gave only empty answers to {len(prompts)} prompts, so there "
+                        "is nothing to train on. Its model has collapsed; look at its eval answers, and consider a "
+                        "lower learning rate or fewer cycles."
+                    )
             store.write_rows(k, "data", rows)
             store.record_stage(k, "data", time.time() - t0, seed, n_train_examples=len(rows))
         previous_model = None
         gc.collect()
         data = store.read_rows(k, "data")
-        if not data:
-            raise RuntimeError(f"cycle {k}: every generated answer was empty; nothing to train on")
 
         if store.has(k, "adapter"):
             model = self._cycle_model(k)
@@ -234,9 +239,6 @@ class Experiment:
         import shutil
 
         import yaml
-
-        from traitloop.config import ExperimentConfig
-        from traitloop.errors import UserError
 
         source = RunStore(source_dir)
         try:
