@@ -104,6 +104,7 @@ def test_run_with_the_api_judge_records_scores_usage_and_no_key(vllm_url, tmp_pa
     manifest = json.loads((run / "manifest.json").read_text())
     usage = manifest["cycles"]["0"]["judge_usage"]
     assert usage["prompt_tokens"] > 0 and usage["estimated_cost"] > 0
+    assert json.loads((run / "cycle-000" / "metrics.json").read_text())["judge_usage"] == usage
     for path in [*run.rglob("*"), judge_cache]:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path

@@ -163,6 +163,9 @@ class Experiment:
         self.evaluate(k, model)
 
         metrics = self._summarise(k, store.read_rows(k, "eval"), n_train=len(data))
+        usage = store.manifest().get("cycles", {}).get(str(k), {}).get("judge_usage")
+        if usage:  # LLM judges: requests, cache hits, tokens and estimated cost of this cycle
+            metrics["judge_usage"] = usage
         store.commit_cycle(k, metrics, self.config_hash)
         store.record_stage(k, "cycle_total_this_process", time.time() - started)
         self.reporter.log(
