@@ -226,7 +226,7 @@ class Experiment:
             ]
             store.write_rows(k, "eval", rows)
             usage = {key: value - usage_before.get(key, 0) for key, value in getattr(self.judge, "usage", {}).items()}
-            extra = {"judge_usage": {**usage, "estimated_cost": self.judge.cost() if hasattr(self.judge, "cost") else 0.0}} if usage else {}
+            extra = {"judge_usage": {**usage, "estimated_cost": self.judge.cost(usage)}} if usage else {}
             store.record_stage(k, "judge", time.time() - t0, **extra)
 
     def evaluate_base(self) -> dict[str, Any]:

@@ -97,9 +97,10 @@ class ApiJudge:
             "min_number_mass": c.min_number_mass,
         }
 
-    def cost(self) -> float:
-        c = self.config
-        return (self.usage["prompt_tokens"] * c.price_per_million_input + self.usage["completion_tokens"] * c.price_per_million_output) / 1e6
+    def cost(self, usage: dict[str, int] | None = None) -> float:
+        """Estimated cost of `usage` (default: everything this judge has requested so far)."""
+        c, u = self.config, usage or self.usage
+        return (u.get("prompt_tokens", 0) * c.price_per_million_input + u.get("completion_tokens", 0) * c.price_per_million_output) / 1e6
 
     # ---- the two things a judge scores --------------------------------------------------------
     def score(self, questions: list[str], answers: list[str]) -> list[Score]:
