@@ -105,7 +105,7 @@ def test_shared_cycle0_is_copied_not_retrained(quick_run, tmp_path):
     source, _ = quick_run
     out = tmp_path / "seed1"
     proc = subprocess.run(
-        [*demo_cmd(out), "--set", "seed=1", "--set", f"cycle0_from={source}", "--set", "eval.include_base=false"],
+        [*demo_cmd(out), "--set", "seed=1", "--set", f"cycle0_from={source}"],
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
