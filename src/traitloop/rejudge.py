@@ -27,7 +27,7 @@ from traitloop.errors import UserError
 from traitloop.jsonl import read_jsonl, write_json, write_jsonl
 from traitloop.report import plot_trait_coherence
 from traitloop.seeding import derive_seed
-from traitloop.store import BASE, RunStore
+from traitloop.store import BASE, RunStore, write_csv
 from traitloop.traits import load_trait
 
 PRIMARY = "primary"
@@ -98,7 +98,7 @@ def judge_run(run_dir: Path, judge_config: JudgeConfig, on_cycle=None) -> dict[s
     rows = summarise(store, config, cycles, ident)
     scores = [r for r in rows if r["cycle"] != BASE]
     base = next((r for r in rows if r["cycle"] == BASE), None)
-    csv_path = _write_scores(run_dir / f"scores-{ident}.csv", scores)
+    csv_path = write_csv(run_dir / f"scores-{ident}.csv", scores, list(scores[0]) if scores else ["cycle"])
     figure = plot_trait_coherence(
         [_with_loglik(store, r) for r in scores], run_dir / "figures" / f"trait_coherence-{ident}.png",
         f"{config.trait} rescored by {ident}", base=_with_loglik(store, base) if base else None,
@@ -136,15 +136,6 @@ def _with_loglik(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
     """The per-run figure draws coherence as log-likelihood; reuse the run's own values."""
     m = json.loads((store.cycle_dir(row["cycle"]) / "metrics.json").read_text())
     return {**row, **{k: m[k] for k in ("coherence_mean", "coherence_ci_low", "coherence_ci_high")}}
-
-
-def _write_scores(path: Path, rows: list[dict[str, Any]]) -> Path:
-    from traitloop.jsonl import atomic_write_text
-
-    cols = list(rows[0]) if rows else ["cycle"]
-    lines = [",".join(cols)] + [",".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) for r in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
 
 
 def available_judges(run_dir: Path) -> list[str]:

@@ -194,14 +194,18 @@ class RunStore:
 
     # ---- run-level outputs ----------------------------------------------------------------------
     def write_scores(self, rows: list[dict[str, Any]]) -> Path:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=SCORES_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-        path = self.root / "scores.csv"
-        atomic_write_text(path, buf.getvalue())
-        return path
+        return write_csv(self.root / "scores.csv", rows, SCORES_COLUMNS)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    """A per-cycle table as CSV (floats to 4 decimals, extra keys ignored), written atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+    return path
 
 
 def _versions() -> dict[str, str]:
