@@ -42,6 +42,7 @@ def model_dir(tmp_path) -> Path:
     folder = tmp_path / "fake-model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
+    (folder / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')  # an instruct model
     return folder
 
 

@@ -77,14 +77,47 @@ def run(
 
 @app.command()
 def demo(
-    quick: Annotated[bool, typer.Option(help="A ~3-minute version (2 cycles, few answers) used by the tests.")] = False,
+    setting: Annotated[str, typer.Option(help="sft (SmolLM2, chats), sdf (Gemma-3-270M base, documents) or dpo (SmolLM2, pairs).")] = "sft",
+    quick: Annotated[bool, typer.Option(help="A few-minute version (1-2 cycles, few answers) used by the tests.")] = False,
     out_dir: Annotated[Path, typer.Option("--out", help="Parent directory for the demo run.")] = Path("runs"),
     set_: Annotated[list[str], typer.Option("--set", help="Override a key of the demo config.")] = [],
     force: Annotated[bool, typer.Option(help="Move an old demo run made with another config aside.")] = False,
 ) -> None:
-    """SFT on the embedded SmolLM2 seeded with bliss: a complete small experiment on a CPU."""
-    name = "demo-quick.yaml" if quick else "demo.yaml"
-    _run_experiment(load_config(DEMO_CONFIGS / name, list(set_) + [f"out_dir={out_dir}"]), force)
+    """A complete small experiment on a CPU with the embedded models, seeded with bliss (default: SFT)."""
+    if setting not in ("sft", "sdf", "dpo"):
+        raise UserError(f"--setting {setting!r}: choose sft, sdf or dpo")
+    name = "demo" if setting == "sft" else f"demo-{setting}"
+    _run_experiment(load_config(DEMO_CONFIGS / f"{name}{'-quick' if quick else ''}.yaml", list(set_) + [f"out_dir={out_dir}"]), force)
+
+
+@app.command()
+def calibrate(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML; its setting, trait, model and training are calibrated.")],
+    targets: Annotated[str, typer.Option(help="Target trait scores (0-100), comma-separated.")] = "20,40,60,80",
+    grid: Annotated[str, typer.Option(help="n_seed values to search, comma-separated (default 2..200, roughly doubling).")] = "",
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set trait=lucky")] = [],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Parent directory (overrides out_dir).")] = None,
+) -> None:
+    """The smallest n_seed whose cycle-0 model reaches each target trait score (binary search on a grid).
+    Every cycle-0 model is kept under OUT/cycle0-cache/ and reused by reruns and by later runs."""
+    from traitloop.calibrate import DEFAULT_GRID, calibrate as run_calibration, parse_numbers
+
+    overrides = list(set_) + ([f"out_dir={out_dir}"] if out_dir else [])
+    cfg = load_config(config, overrides)
+    wanted = parse_numbers(targets, "--targets")
+    values = [int(v) for v in parse_numbers(grid, "--grid")] if grid else list(DEFAULT_GRID)
+    record = run_calibration(cfg, wanted, values, on_trial=lambda n, d: out.print(f"[bold]n_seed = {n}[/bold]: cycle 0 in {d}"))
+    table = Table(title=f"n_seed calibration: {cfg.setting} / {cfg.trait}")
+    for col in ["n_seed", "cycle-0 trait [95% CI]", "coherence"]:
+        table.add_column(col, justify="right")
+    for p in record["measured"]:
+        table.add_row(str(p["n_seed"]), f"{p['trait_mean']:.1f} [{p['trait_ci_low']:.1f}, {p['trait_ci_high']:.1f}]", f"{p['coherence_mean']:.3f}")
+    out.print(table)
+    for target, n in record["n_seed_for_target"].items():
+        out.print(f"target {target}: " + (f"n_seed = {n}" if n is not None else f"not reached with n_seed <= {record['grid'][-1]}"))
+    for warning in record["warnings"]:
+        out.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    out.print(f"\n{record['out_dir']}/calibration.json and calibration.png")
 
 
 @app.command("config-docs")
@@ -101,13 +134,10 @@ def config_docs() -> None:
 @app.command("check-config")
 def check_config(config: Path, set_: Annotated[list[str], typer.Option("--set")] = []) -> None:
     """Validate a config (and its trait and model reference) without running anything."""
-    from traitloop.models import resolve
-    from traitloop.settings.sft import seed_rows
-    from traitloop.traits import load_trait
+    from traitloop.loop import Experiment
 
     cfg = load_config(config, list(set_))
-    seed_rows(load_trait(cfg.trait), cfg.n_seed)
-    resolve(cfg.model.ref)
+    Experiment(cfg).check_inputs()
     out.print(f"{config}: ok ({cfg.setting}, {cfg.trait}, cycles 0..{cfg.cycles})")
 
 

@@ -36,6 +36,10 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub. Off unless you trust the repository."
     )
+    allow_chat_model_for_sdf: bool = Field(
+        False,
+        description="SDF is continued pretraining of a BASE model; a chat-tuned model is refused unless this is true.",
+    )
 
 
 class SamplingConfig(_Section):
@@ -57,7 +61,9 @@ class LoraConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """One cycle's LoRA training (TRL SFTTrainer)."""
+    """One cycle's LoRA training (TRL SFTTrainer for SFT and SDF, DPOTrainer for DPO). Defaults shown are
+    SFT's; setting: sdf uses batch_size 4 and weight_decay 0.1, setting: dpo uses learning_rate 1e-5,
+    lr_scheduler cosine (to 0 within each cycle), warmup_ratio 0 and batch_size 4 (PROTOCOL), unless set."""
 
     learning_rate: float = Field(1.5e-4, gt=0, description="Peak learning rate (PROTOCOL: 1.5e-4).")
     lr_scheduler: str = Field(
@@ -76,6 +82,31 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations to save memory (slower); for large models on small GPUs."
     )
+
+
+class DataConfig(_Section):
+    """What each later cycle trains on (PROTOCOL default: only the newest generated data, unfiltered)."""
+
+    policy: Literal["replace", "accumulate"] = Field(
+        "replace",
+        description="replace: cycle k trains only on what cycle k-1 generated; accumulate: on everything generated "
+        "in cycles 1..k so far.",
+    )
+    mix_seed: int = Field(
+        0, ge=0, description="Add this many seed examples (drawn from the first n_seed, fresh each cycle) to every later cycle."
+    )
+    min_coherence: float | None = Field(
+        None,
+        description="Coherence filter: drop generated examples whose log-likelihood under the base model (nats/token) "
+        "is below this, e.g. -3.0 (None = keep all). Kept/dropped counts are reported per cycle.",
+    )
+
+
+class DpoConfig(_Section):
+    """DPO only (TRL DPOTrainer). chosen = the previous generation's answer, rejected = the base model's."""
+
+    beta: float = Field(0.1, gt=0, description="DPO beta (PROTOCOL: 0.1; 0.01-0.2 explored).")
+    loss_type: str = Field("sigmoid", description="TRL loss_type (PROTOCOL: sigmoid, the original DPO loss).")
 
 
 class EvalConfig(_Section):
@@ -145,11 +176,19 @@ class ExperimentConfig(_Section):
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name; the run dir is out_dir/name.")
     out_dir: Path = Field(Path("runs"), description="Parent directory of run directories.")
-    setting: Literal["sft"] = Field("sft", description="Training setting (SFT on an instruct model).")
+    setting: Literal["sft", "sdf", "dpo"] = Field(
+        "sft",
+        description="sft: chats on an instruct model; sdf: synthetic documents (continued pretraining) on a base "
+        "model; dpo: preference pairs (chosen = previous generation, rejected = base model) on an instruct model.",
+    )
     init: Literal["reset", "continual"] = Field(
         "reset",
-        description="reset: every cycle trains a fresh adapter on the original base; continual: cycle k "
-        "continues training cycle k-1's adapter.",
+        description="reset: every cycle trains a fresh adapter on the original base (DPO reference = the base); "
+        "continual: cycle k continues training cycle k-1's adapter (DPO reference = the cycle k-1 model).",
+    )
+    restart_from_base_at: list[int] = Field(
+        default_factory=list,
+        description="continual only: cycles that start again from the original base (fresh adapter; DPO reference = base).",
     )
     trait: str = Field("bliss", description="Built-in trait name or path to a trait folder.")
     n_seed: int = Field(100, ge=1, description="Seed examples that train cycle 0.")
@@ -165,14 +204,34 @@ class ExperimentConfig(_Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    dpo: DpoConfig = Field(default_factory=DpoConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _setting_defaults(cls, data: Any) -> Any:
+        """Fill in the chosen setting's defaults (PROTOCOL) under whatever the config sets itself."""
+        if isinstance(data, dict) and data.get("setting") in SETTING_DEFAULTS:
+            return _deep_merge(SETTING_DEFAULTS[data["setting"]], data)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         if self.model.trust_remote_code and self.model.ref.startswith("embedded:"):
             raise ValueError("model.trust_remote_code makes no sense for an embedded model")
+        if self.restart_from_base_at:
+            if self.init != "continual":
+                raise ValueError("restart_from_base_at needs init: continual (reset runs start every cycle from the base)")
+            bad = [c for c in self.restart_from_base_at if not 1 <= c <= self.cycles]
+            if bad:
+                raise ValueError(f"restart_from_base_at: cycles {bad} are not in 1..cycles ({self.cycles})")
         return self
+
+    def starts_from_base(self, cycle: int) -> bool:
+        """Does cycle `cycle` train a fresh adapter on the original base (rather than continue cycle-1's)?"""
+        return self.init == "reset" or cycle == 0 or cycle in self.restart_from_base_at
 
     @property
     def run_dir(self) -> Path:
@@ -192,11 +251,48 @@ class ExperimentConfig(_Section):
         return d
 
     def science_hash(self) -> str:
-        blob = json.dumps(self.science_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return _hash(self.science_dict())
+
+    def cycle0_dict(self) -> dict[str, Any]:
+        """The fields that decide cycle 0 (its data, adapter and eval): runs with equal cycle0 dicts
+        train the same cycle 0, whatever they do afterwards."""
+        d = self.science_dict()
+        for later in ("cycles", "n_sampled", "init", "restart_from_base_at", "data"):
+            d.pop(later)
+        d["eval"].pop("include_base")
+        return d
+
+    def cycle0_config(self) -> ExperimentConfig:
+        """This run's cycle 0 as a run of its own, under out_dir/cycle0-cache/: `traitloop calibrate` trains
+        cycle-0 models there, and any later run with the same cycle0_dict reuses them."""
+        d = self.model_dump(mode="json")
+        for later in ("cycles", "n_sampled", "init", "restart_from_base_at", "data", "cycle0_from"):
+            d.pop(later)
+        d["eval"]["include_base"] = False
+        trait = Path(self.trait).name
+        d["name"] = f"{self.setting}-{trait}-n{self.n_seed}-s{self.seed}-{_hash(self.cycle0_dict())[:10]}"
+        d["out_dir"] = str(Path(self.out_dir) / "cycle0-cache")
+        d["cycles"] = 0
+        return ExperimentConfig.model_validate(d)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _hash(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Per-setting defaults from PROTOCOL.md ("Hyperparameters seen"), applied under the user's own values.
+SETTING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {},
+    "sdf": {
+        "model": {"ref": "embedded:gemma3-270m"},
+        "train": {"batch_size": 4, "weight_decay": 0.1},
+        "sampling": {"max_new_tokens": 512},
+    },
+    "dpo": {"train": {"learning_rate": 1e-5, "lr_scheduler": "cosine", "warmup_ratio": 0.0, "batch_size": 4}},
+}
 
 
 def format_validation_error(

@@ -1,7 +1,9 @@
 """The cycle engine. Read top to bottom: one run = cycles 0..N, each in four resumable stages.
 
-    data     cycle 0: seed chats;  cycle k: the cycle k-1 model answers fresh prompts
-    adapter  LoRA training (reset: fresh adapter on the base; continual: continue cycle k-1's)
+    data     cycle 0: seed data;  cycle k: the cycle k-1 model writes new data (settings/sft|sdf|dpo.py),
+             then the data policy (filter, accumulate, mix seed; data_policy.py)
+    adapter  LoRA training, SFT / SDF / DPO (reset: fresh adapter on the base; continual: continue
+             cycle k-1's, so for DPO the reference is the cycle k-1 model)
     answers  the cycle's model answers the eval questions
     eval     trait (judge) and coherence (log-likelihood under the frozen base) of every answer
 then metrics.json and DONE. Every stage's output is one atomic file in the cycle directory, so a
@@ -19,6 +21,7 @@ from typing import Any
 
 from traitloop import models
 from traitloop.analysis import mean_ci
+from traitloop import data_policy
 from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
 from traitloop.generation.hf import generate
@@ -26,13 +29,14 @@ from traitloop.jsonl import write_json
 from traitloop.judges import make_judge
 from traitloop.judges.coherence import LoglikCoherence, distinct_n, repetition_rate
 from traitloop.progress import Reporter
-from traitloop.prompts import POOL_DIR, advice_pool, cycle_prompts
+from traitloop.prompts import POOL_DIR, advice_pool, cycle_prompts, doc_openers
 from traitloop.report import plot_trait_coherence
 from traitloop.seeding import derive_seed, seed_everything
-from traitloop.settings import sft
+from traitloop.jsonl import read_jsonl, write_jsonl
+from traitloop.settings import dpo, sdf, sft
 from traitloop.store import BASE, RunStore, hash_files
 from traitloop.traits import load_trait
-from traitloop.training import attach_adapter, num_steps, train_sft
+from traitloop.training import attach_adapter, num_steps, train_dpo, train_sdf, train_sft
 
 
 class Experiment:
@@ -46,28 +50,24 @@ class Experiment:
     # ---- the whole run --------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         cfg = self.config
-        # Check every input before any expensive work, so bad input fails in a second, not an hour.
-        self.trait = load_trait(cfg.trait)
-        sft.seed_rows(self.trait, cfg.n_seed)
-        self.pool = advice_pool()
-        if cfg.cycles >= 1:
-            cycle_prompts(self.pool, cfg.cycles, cfg.n_sampled, cfg.seed)
-        models.resolve(cfg.model.ref)
+        self.check_inputs()
         self.store.open(cfg, inputs=self.input_hashes(), force=self.force)
 
         with self.reporter:
             with self.reporter.step("loading base model", total=1) as advance:
                 self.base, self.tokenizer = self._load_base()
                 advance()
+            if cfg.setting != "sdf" and not getattr(self.tokenizer, "chat_template", None):  # a hub id, now loaded
+                raise UserError(f"setting {cfg.setting} trains on chats, but {cfg.model.ref} has no chat template (a base model?)")
             with self.reporter.step(f"preparing judge ({cfg.judge.kind})", total=1) as advance:
-                self.judge = make_judge(cfg.judge, self.trait, seed=cfg.seed)
+                self.judge = make_judge(cfg.judge, self.trait, seed=cfg.seed, documents=cfg.setting == "sdf")
                 accuracy = self.judge.info().get("heldout_accuracy")
                 advance(info=f"held-out acc {accuracy:.2f}" if accuracy is not None else "")
             manifest = self.store.manifest()
             manifest["judge"] = self.judge.info()
             manifest["coherence"] = LoglikCoherence.name
             self.store.write_manifest(manifest)
-            self.coherence = LoglikCoherence(self.base, self.tokenizer)
+            self.coherence = LoglikCoherence(self.base, self.tokenizer, chat=cfg.setting != "sdf")
 
             base_metrics = self.evaluate_base() if cfg.eval.include_base else None
             rows: list[dict[str, Any]] = []
@@ -84,13 +84,49 @@ class Experiment:
         self.base_metrics = base_metrics
         return rows
 
+    def check_inputs(self) -> None:
+        """Every input, before any expensive work, so bad input fails in a second, not an hour: the trait
+        and its data for this setting, the prompt pool's size, and whether the model suits the setting."""
+        cfg = self.config
+        self.trait = load_trait(cfg.trait)
+        self.seed_data()
+        self.eval_items()
+        self.pool = doc_openers() if cfg.setting == "sdf" else advice_pool()
+        if cfg.cycles >= 1:
+            cycle_prompts(self.pool, cfg.cycles, cfg.n_sampled, cfg.seed)
+        check_model_fits_setting(cfg)
+
     def input_hashes(self) -> dict[str, str]:
         """Content hashes of the data files a run reads: a resumed run must read the same ones."""
         trait_files = sorted(p for p in self.trait.folder.iterdir() if p.suffix in (".yaml", ".jsonl"))
-        return {
-            "trait": hash_files(trait_files)[:16],
-            "prompt_pool": hash_files([POOL_DIR / "advice_questions.jsonl"])[:16],
-        }
+        pool = "doc_openers.jsonl" if self.config.setting == "sdf" else "advice_questions.jsonl"
+        return {"trait": hash_files(trait_files)[:16], "prompt_pool": hash_files([POOL_DIR / pool])[:16]}
+
+    def seed_data(self) -> list[dict[str, Any]]:
+        """Cycle 0's seed rows (for DPO: prompts and persona answers, before the base answers are added)."""
+        cfg = self.config
+        if cfg.setting == "sdf":
+            return sdf.seed_rows(self.trait, cfg.n_seed)
+        if cfg.setting == "dpo":
+            prompts, answers = dpo.seed_prompts(self.trait, cfg.n_seed)
+            return [{"prompt": p, "chosen": a, "source": "seed"} for p, a in zip(prompts, answers)]
+        return sft.seed_rows(self.trait, cfg.n_seed)
+
+    def seed_data_all(self) -> list:
+        """Every seed example the trait has for this setting (n_seed can be at most this many)."""
+        self.trait = load_trait(self.config.trait)
+        return self.trait.seed_docs if self.config.setting == "sdf" else self.trait.seed_chats
+
+    def eval_items(self) -> list[dict[str, Any]]:
+        if self.config.setting == "sdf":
+            return sdf.eval_items(self.trait, self.config)
+        return sft.eval_items(self.trait, self.config)
+
+    def eval_prompts(self, items: list[dict[str, Any]]) -> list:
+        """SDF: the document prefix as plain text; SFT/DPO: the question as a user turn."""
+        if self.config.setting == "sdf":
+            return [it["question"] for it in items]
+        return [sft.user_turn(it["question"]) for it in items]
 
     def title(self) -> str:
         c = self.config
@@ -101,38 +137,29 @@ class Experiment:
         cfg, store = self.config, self.store
         started = time.time()
 
-        if k == 0 and cfg.cycle0_from and not store.has(0, "eval"):
-            self.adopt_cycle0(cfg.cycle0_from)
+        if k == 0 and not store.has(0, "eval"):
+            source = cfg.cycle0_from or self.cached_cycle0()
+            if source:
+                self.adopt_cycle0(source)
         if not store.has(k, "data"):
             t0 = time.time()
-            seed = derive_seed(cfg.seed, k, "data")
             if k == 0:
-                rows = sft.seed_rows(self.trait, cfg.n_seed)
+                rows, counts = self.make_data(0, None), {}
             else:
-                previous = previous_model or self._cycle_model(k - 1)
-                prompts = cycle_prompts(self.pool, k, cfg.n_sampled, cfg.seed)
-                with self.reporter.step(f"cycle {k}: sampling training data", total=len(prompts)) as advance:
-                    answers = generate(
-                        previous,
-                        self.tokenizer,
-                        [sft.user_turn(p) for p in prompts],
-                        temperature=cfg.sampling.temperature,
-                        top_p=cfg.sampling.top_p,
-                        max_new_tokens=cfg.sampling.max_new_tokens,
-                        batch_size=cfg.sampling.batch_size,
-                        seed=seed,
-                        on_batch=advance,
-                    )
-                rows = sft.generated_rows(prompts, answers, k)
-                del previous
+                new_rows = self.make_data(k, previous_model or self._cycle_model(k - 1))
+                new_rows, dropped = self.coherence_filter(k, new_rows)
+                rows, counts = data_policy.combine(
+                    new_rows, store.read_rows(k - 1, "data"), self.seed_rows_for_mixing(), cfg.data, derive_seed(cfg.seed, k, "mix")
+                )
+                counts["n_dropped_coherence"] = dropped
                 if not rows:  # nothing written: the cycle stays unfinished, earlier cycles stay done
                     raise UserError(
-                        f"cycle {k}: the cycle {k - 1} model gave only empty answers to {len(prompts)} prompts, so there "
-                        "is nothing to train on. Its model has collapsed; look at its eval answers, and consider a "
-                        "lower learning rate or fewer cycles."
+                        f"cycle {k}: no usable training examples ({dropped} dropped by the coherence filter). The cycle "
+                        f"{k - 1} model may have collapsed; look at its eval answers, and consider a lower learning rate, "
+                        "fewer cycles or a lower data.min_coherence."
                     )
             store.write_rows(k, "data", rows)
-            store.record_stage(k, "data", time.time() - t0, seed, n_train_examples=len(rows))
+            store.record_stage(k, "data", time.time() - t0, derive_seed(cfg.seed, k, "data"), n_train_examples=len(rows), **counts)
         previous_model = None
         gc.collect()
         data = store.read_rows(k, "data")
@@ -143,21 +170,17 @@ class Experiment:
             t0 = time.time()
             seed = derive_seed(cfg.seed, k, "train")
             seed_everything(seed)  # the fresh adapter's initial weights come from this seed
-            start = store.stage_path(k - 1, "adapter") if cfg.init == "continual" and k > 0 else None
+            from_base = cfg.starts_from_base(k)
+            start = None if from_base else store.stage_path(k - 1, "adapter")
             fresh_base, _ = self._load_base()
             model = attach_adapter(fresh_base, cfg.lora, start)
             steps = num_steps(len(data), cfg.train)
-            with self.reporter.step(f"cycle {k}: training LoRA ({cfg.init})", total=steps) as advance:
-                stats = train_sft(
-                    model,
-                    self.tokenizer,
-                    [r["messages"] for r in data],
-                    cfg.train,
-                    seed,
-                    on_step=lambda n, loss: advance(n, info=f"loss {loss:.3f}" if loss is not None else ""),
-                )
+            starts_from = "base" if from_base else f"cycle {k - 1}"
+            with self.reporter.step(f"cycle {k}: {cfg.setting.upper()} LoRA from {starts_from}", total=steps) as advance:
+                stats = self.train(model, data, seed, lambda n, loss: advance(n, info=f"loss {loss:.3f}" if loss is not None else ""))
             store.save_adapter(k, model)
-            store.record_stage(k, "train", time.time() - t0, seed, train=stats)
+            # DPO's reference policy is the model the cycle starts from (training.py)
+            store.record_stage(k, "train", time.time() - t0, seed, train=stats, starts_from=starts_from)
         self.tokenizer.padding_side = "left"
 
         self.evaluate(k, model)
@@ -180,7 +203,7 @@ class Experiment:
         k = BASE evaluates the untrained base model (the reference line of every figure)."""
         cfg, store = self.config, self.store
         label = "base model" if k == BASE else f"cycle {k}"
-        items = sft.eval_items(self.trait, cfg)
+        items = self.eval_items()
         if not store.has(k, "answers"):
             t0 = time.time()
             seed = derive_seed(cfg.seed, k, "eval")
@@ -188,7 +211,7 @@ class Experiment:
                 answers = generate(
                     model,
                     self.tokenizer,
-                    [sft.user_turn(it["question"]) for it in items],
+                    self.eval_prompts(items),
                     temperature=cfg.eval.temperature,
                     max_new_tokens=cfg.eval.max_new_tokens,
                     batch_size=cfg.eval.batch_size,
@@ -248,8 +271,11 @@ class Experiment:
             other = ExperimentConfig.model_validate(yaml.safe_load((source.root / "config.yaml").read_text()))
         except (OSError, ValueError) as err:
             raise UserError(f"cycle0_from: {source_dir} is not a readable run directory ({err})") from None
-        if other.condition_dict() != self.config.condition_dict():
-            raise UserError(f"cycle0_from: {source_dir} was made with a different config (only the seed may differ)")
+        mine, theirs = self.config.cycle0_dict(), other.cycle0_dict()
+        mine.pop("seed")
+        theirs.pop("seed")
+        if mine != theirs:
+            raise UserError(f"cycle0_from: {source_dir} trained cycle 0 with a different config (only the seed may differ)")
         if not source.is_done(0, other.science_hash()):
             raise UserError(f"cycle0_from: {source_dir} has not finished cycle 0 yet; run it first")
         for stage in ("data", "adapter", "answers", "eval"):
@@ -265,6 +291,95 @@ class Experiment:
             os.replace(tmp, dst)  # each stage appears whole, or not at all
         self.store.record_stage(0, "adopted", 0.0, adopted_from=str(source.root))
         self.reporter.log(f"cycle 0: adopted from {source.root}")
+
+    def cached_cycle0(self):
+        """A finished cycle 0 with exactly this run's cycle-0 config under out_dir/cycle0-cache (trained by
+        `traitloop calibrate`, or by an earlier run), or None."""
+        c0 = self.config.cycle0_config()
+        if c0.run_dir.resolve() == self.store.root.resolve():
+            return None
+        return c0.run_dir if RunStore(c0.run_dir).is_done(0, c0.science_hash()) else None
+
+    # ---- making a cycle's training data --------------------------------------------------------
+    def make_data(self, k: int, previous) -> list[dict[str, Any]]:
+        """Cycle 0: the seed data. Cycle k: the cycle k-1 model (`previous`) writes it."""
+        cfg = self.config
+        if k == 0 and cfg.setting != "dpo":
+            return self.seed_data()
+        seed = derive_seed(cfg.seed, k, "data")
+        if cfg.setting == "sdf":
+            openers = cycle_prompts(self.pool, k, cfg.n_sampled, cfg.seed)
+            continuations = self.sample(previous, openers, seed, f"cycle {k}: continuing {len(openers)} document openers")
+            return sdf.generated_rows(openers, continuations, k)
+        if cfg.setting == "dpo":
+            if k == 0:
+                seed_rows = self.seed_data()
+                prompts, chosen, source = [r["prompt"] for r in seed_rows], [r["chosen"] for r in seed_rows], "seed"
+            else:
+                prompts = dpo.fresh_prompts(cycle_prompts(self.pool, k, cfg.n_sampled, cfg.seed))
+                chosen = self.sample(previous, prompts, seed, f"cycle {k}: sampling chosen answers (cycle {k - 1} model)")
+                source = f"cycle-{k - 1:03d}"
+            rejected = self.base_answers(prompts, derive_seed(cfg.seed, k, "rejected"))
+            return dpo.pair_rows(prompts, chosen, rejected, source)
+        questions = cycle_prompts(self.pool, k, cfg.n_sampled, cfg.seed)
+        answers = self.sample(previous, [sft.user_turn(q) for q in questions], seed, f"cycle {k}: sampling training data")
+        return sft.generated_rows(questions, answers, k)
+
+    def sample(self, model, prompts: list, seed: int, label: str) -> list[str]:
+        """One answer (or continuation) per prompt at the data-sampling temperature."""
+        s = self.config.sampling
+        with self.reporter.step(label, total=len(prompts)) as advance:
+            return generate(
+                model,
+                self.tokenizer,
+                prompts,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_new_tokens=s.max_new_tokens,
+                batch_size=s.batch_size,
+                seed=seed,
+                on_batch=advance,
+            )
+
+    def base_answers(self, prompts: list, seed: int) -> list[str]:
+        """The original base model's answers (DPO's rejected side), sampled once per prompt and cached in
+        base/rejected_answers.jsonl: the base never changes, so a resumed or later cycle reuses them."""
+        path = self.store.cycle_dir(BASE) / "rejected_answers.jsonl"
+        cache = {r["key"]: r["answer"] for r in read_jsonl(path)} if path.is_file() else {}
+        missing = [p for p in prompts if dpo.prompt_key(p) not in cache]
+        if missing:
+            answers = self.sample(self.base, missing, seed, f"base model: sampling {len(missing)} rejected answers")
+            cache.update({dpo.prompt_key(p): a for p, a in zip(missing, answers)})
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_jsonl(path, [{"key": key, "answer": a} for key, a in cache.items()])
+        return [cache[dpo.prompt_key(p)] for p in prompts]
+
+    def coherence_filter(self, k: int, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """data.min_coherence: drop generated rows whose text is unlikely under the base (nats/token)."""
+        threshold = self.config.data.min_coherence
+        if threshold is None or not rows:
+            return rows, 0
+        pairs = [data_policy.generated_text(self.config.setting, r) for r in rows]
+        with self.reporter.step(f"cycle {k}: coherence filter", total=len(rows)) as advance:
+            scores = self.coherence.loglik([c for c, _ in pairs], [t for _, t in pairs], on_batch=advance)
+        kept = [{**r, "coherence": s} for r, s in zip(rows, scores) if s is not None and s >= threshold]
+        return kept, len(rows) - len(kept)
+
+    def seed_rows_for_mixing(self) -> list[dict[str, Any]]:
+        """Seed rows in the cycle's training format (data.mix_seed draws from these)."""
+        if not self.config.data.mix_seed:
+            return []
+        if self.config.setting == "dpo":
+            return self.store.read_rows(0, "data")  # cycle 0's pairs: persona answer vs base answer
+        return self.seed_data()
+
+    def train(self, model, data: list[dict[str, Any]], seed: int, on_step) -> dict[str, float]:
+        cfg = self.config
+        if cfg.setting == "sdf":
+            return train_sdf(model, self.tokenizer, [r["text"] for r in data], cfg.train, seed, on_step=on_step)
+        if cfg.setting == "dpo":
+            return train_dpo(model, self.tokenizer, data, cfg.train, cfg.dpo, seed, on_step=on_step)
+        return train_sft(model, self.tokenizer, [r["messages"] for r in data], cfg.train, seed, on_step=on_step)
 
     # ---- helpers --------------------------------------------------------------------------------
     def _load_base(self):
@@ -310,6 +425,26 @@ class Experiment:
             "trait_judge": self.judge.name,
             "coherence_metric": LoglikCoherence.name,
         }
+
+
+def check_model_fits_setting(cfg: ExperimentConfig) -> None:
+    """SDF needs a base model; SFT and DPO need a chat template. Checked before anything is trained
+    (an embedded model by its recorded kind, a local directory by its tokenizer files; a hub id is
+    checked once its tokenizer is loaded)."""
+    ref = cfg.model.ref
+    embedded = models.EMBEDDED.get(ref.removeprefix("embedded:")) if ref.startswith("embedded:") else None
+    if cfg.setting == "sdf":
+        if sdf.looks_chat_tuned(ref, embedded.kind if embedded else None) and not cfg.model.allow_chat_model_for_sdf:
+            raise UserError(
+                f"setting sdf is continued pretraining of a BASE model, but {ref} is chat-tuned. Use a base model "
+                "(e.g. embedded:gemma3-270m), or set model.allow_chat_model_for_sdf: true if you mean it."
+            )
+    elif (embedded.kind == "base") if embedded else models.has_chat_template(models.resolve(ref)) is False:
+        raise UserError(
+            f"setting {cfg.setting} trains on chats, but {ref} has no chat template (a base model?). Use an "
+            "instruct model (e.g. embedded:smollm2-135m-instruct), or setting: sdf for a base model."
+        )
+    models.resolve(ref)  # the model exists (an embedded one is checked and cached now)
 
 
 def _remove(path) -> None:

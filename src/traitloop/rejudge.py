@@ -69,7 +69,7 @@ def judge_run(run_dir: Path, judge_config: JudgeConfig, on_cycle=None) -> dict[s
 
     store, config, cycles = _open_run(run_dir)
     trait = load_trait(config.trait)
-    judge = make_judge(judge_config, trait, seed=config.seed)
+    judge = make_judge(judge_config, trait, seed=config.seed, documents=config.setting == "sdf")
     ident = judge_config.identity()
     for k in cycles:
         path = store.cycle_dir(k) / "judges" / f"{ident}.jsonl"

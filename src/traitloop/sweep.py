@@ -228,24 +228,19 @@ def unique_names(names: list[str]) -> list[str]:
 
 
 def _check_inputs(runs: list[Run], source: str) -> None:
-    """What `check-config` checks (trait, n_seed, model reference), once per distinct value, before
+    """What `check-config` checks (trait and its data, pool size, model vs setting), once per distinct value, before
     any run starts: a misspelt trait should fail now, not in every run's log. An embedded model not
     yet cached is prepared here, once, rather than by several runs at the same time."""
-    from traitloop.models import resolve
-    from traitloop.settings.sft import seed_rows
-    from traitloop.traits import load_trait
+    from traitloop.loop import Experiment
 
-    traits_ok: set[tuple[str, int]] = set()
-    models_ok: set[str] = set()
+    checked: set[str] = set()
     for run in runs:
         cfg = run.config
         try:
-            if (cfg.trait, cfg.n_seed) not in traits_ok:
-                seed_rows(load_trait(cfg.trait), cfg.n_seed)
-                traits_ok.add((cfg.trait, cfg.n_seed))
-            if cfg.model.ref not in models_ok:
-                resolve(cfg.model.ref)
-                models_ok.add(cfg.model.ref)
+            key = json.dumps([cfg.setting, cfg.trait, cfg.n_seed, cfg.model.ref, cfg.cycles, cfg.n_sampled, cfg.eval.questions])
+            if key not in checked:
+                Experiment(cfg).check_inputs()
+                checked.add(key)
         except UserError as err:
             raise UserError(f"{source}: run '{run.name}': {err}") from None
 

@@ -1,11 +1,22 @@
-"""One cycle's LoRA training with TRL's SFTTrainer and PEFT, and the reset/continual semantics.
+"""One cycle's LoRA training with TRL and PEFT, and the reset/continual semantics.
 
 - reset: a fresh LoRA adapter on the ORIGINAL base model (the previous model only made the data).
 - continual: cycle k loads cycle k-1's adapter as trainable and keeps training it. The optimizer
   state starts fresh each cycle (as in the authors' code, which builds a new trainer per cycle).
 
-Loss is on assistant tokens only: each chat becomes a conversational prompt/completion pair, for
-which SFTTrainer masks the prompt (completion_only_loss).
+The three losses:
+- train_sft: chats; loss on assistant tokens only (conversational prompt/completion pairs, for which
+  SFTTrainer masks the prompt).
+- train_sdf: documents; loss on every token (continued pretraining; SFTTrainer on plain text).
+- train_dpo: (prompt, chosen, rejected) pairs; TRL's DPOTrainer on sequence log-prob sums.
+  The reference policy is the model as it is when the cycle starts, adapter included:
+    reset (fresh adapter, B = 0)       -> reference = the original base
+    continual (cycle k-1's adapter)    -> reference = the cycle k-1 model
+  TRL gives exactly this: a PeftModel that already holds a trained adapter gets a frozen copy of it
+  (adapter "ref") as the reference, and a fresh adapter is switched off for the reference. The
+  reference log-probs are computed once, before the first step (precompute_ref_log_probs), and kept
+  in the training set's ref_chosen_logps / ref_rejected_logps columns, where a test compares them
+  with the cycle k-1 model's own log-probs (tests/test_dpo_reference.py).
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ import torch
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 
-from traitloop.config import LoraConfig, TrainConfig
+from traitloop.config import DpoConfig, LoraConfig, TrainConfig
 
 Conversation = list[dict[str, str]]
 
@@ -64,6 +75,43 @@ def num_steps(n_examples: int, train: TrainConfig) -> int:
     return max(1, int(-(-n_examples // per_step) * train.epochs))
 
 
+def _common_args(train: TrainConfig, scratch: str, seed: int) -> dict:
+    """TrainingArguments shared by the SFT, SDF and DPO trainers."""
+    return dict(
+        output_dir=scratch,
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        num_train_epochs=train.epochs,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # a value below 1 is a fraction of the steps
+        adam_beta1=train.adam_beta1,
+        adam_beta2=train.adam_beta2,
+        adam_epsilon=train.adam_eps,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        max_length=train.max_length,
+        gradient_checkpointing=train.gradient_checkpointing,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        fp16=False,
+    )
+
+
+def _fit(trainer, model, reporter: _StepReporter) -> dict[str, float]:
+    trainer.remove_callback(PrinterCallback)  # progress and loss go to traitloop's own bars
+    trainer.train()
+    model.eval()
+    losses = reporter.losses or [float("nan")]
+    return {"loss_first": losses[0], "loss_last": losses[-1], "loss_mean": sum(losses) / len(losses), "steps": len(losses)}
+
+
 def train_sft(
     model,
     tokenizer,
@@ -77,41 +125,82 @@ def train_sft(
 
     reporter = _StepReporter(on_step)
     with tempfile.TemporaryDirectory(prefix="traitloop-train-") as scratch:
-        args = SFTConfig(
-            output_dir=scratch,
-            per_device_train_batch_size=train.batch_size,
-            gradient_accumulation_steps=train.grad_accum,
-            num_train_epochs=train.epochs,
-            learning_rate=train.learning_rate,
-            lr_scheduler_type=train.lr_scheduler,
-            warmup_steps=train.warmup_ratio,
-            adam_beta1=train.adam_beta1,
-            adam_beta2=train.adam_beta2,
-            adam_epsilon=train.adam_eps,
-            weight_decay=train.weight_decay,
-            max_grad_norm=train.max_grad_norm,
-            max_length=train.max_length,
-            gradient_checkpointing=train.gradient_checkpointing,
-            completion_only_loss=True,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            seed=seed,
-            data_seed=seed,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            fp16=False,
-        )
+        args = SFTConfig(**_common_args(train, scratch, seed), completion_only_loss=True)
         trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=chats_to_dataset(chats),
-            processing_class=tokenizer,
-            callbacks=[reporter],
+            model=model, args=args, train_dataset=chats_to_dataset(chats), processing_class=tokenizer, callbacks=[reporter]
         )
-        trainer.remove_callback(PrinterCallback)  # progress and loss go to traitloop's own bars
-        trainer.train()
-    model.eval()
-    losses = reporter.losses or [float("nan")]
-    return {"loss_first": losses[0], "loss_last": losses[-1], "loss_mean": sum(losses) / len(losses), "steps": len(losses)}
+        return _fit(trainer, model, reporter)
+
+
+def train_sdf(
+    model,
+    tokenizer,
+    documents: list[str],
+    train: TrainConfig,
+    seed: int,
+    on_step: Callable[[int, float | None], None] | None = None,
+) -> dict[str, float]:
+    """Continued pretraining on plain documents: loss on every token (the tokenizer adds BOS, TRL adds EOS)."""
+    from trl import SFTConfig, SFTTrainer
+
+    reporter = _StepReporter(on_step)
+    with tempfile.TemporaryDirectory(prefix="traitloop-train-") as scratch:
+        args = SFTConfig(**_common_args(train, scratch, seed), completion_only_loss=False, dataset_text_field="text")
+        dataset = Dataset.from_list([{"text": d} for d in documents])
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[reporter])
+        return _fit(trainer, model, reporter)
+
+
+def pairs_to_dataset(pairs: list[dict]) -> Dataset:
+    """{"prompt": [messages], "chosen": text, "rejected": text} -> TRL's conversational preference rows."""
+    return Dataset.from_list(
+        [
+            {
+                "prompt": p["prompt"],
+                "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                "rejected": [{"role": "assistant", "content": p["rejected"]}],
+            }
+            for p in pairs
+        ]
+    )
+
+
+def make_dpo_trainer(model, tokenizer, pairs: list[dict], train: TrainConfig, dpo: DpoConfig, seed: int, scratch: str, callbacks=()):
+    """TRL DPOTrainer for one cycle; the reference log-probs are computed here, before any step."""
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(
+        **_common_args(train, scratch, seed),
+        beta=dpo.beta,
+        loss_type=[dpo.loss_type],
+        precompute_ref_log_probs=True,
+        dataset_num_proc=None,
+    )
+    return DPOTrainer(
+        model=model, args=args, train_dataset=pairs_to_dataset(pairs), processing_class=tokenizer, callbacks=list(callbacks)
+    )
+
+
+def train_dpo(
+    model,
+    tokenizer,
+    pairs: list[dict],
+    train: TrainConfig,
+    dpo: DpoConfig,
+    seed: int,
+    on_step: Callable[[int, float | None], None] | None = None,
+) -> dict[str, float]:
+    """DPO on (prompt, chosen, rejected) pairs; the reference is `model` as it stands now (see module doc)."""
+    reporter = _StepReporter(on_step)
+    with tempfile.TemporaryDirectory(prefix="traitloop-train-") as scratch:
+        trainer = make_dpo_trainer(model, tokenizer, pairs, train, dpo, seed, scratch, callbacks=[reporter])
+        stats = _fit(trainer, model, reporter)
+    _drop_reference_adapter(model)
+    return stats
+
+
+def _drop_reference_adapter(model) -> None:
+    """TRL's frozen "ref" copy must not be saved with the trained adapter."""
+    if "ref" in getattr(model, "peft_config", {}):
+        model.set_adapter("default")
+        model.delete_adapter("ref")

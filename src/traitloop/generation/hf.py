@@ -1,5 +1,8 @@
 """Batched sampling with transformers: left padding, prompts sorted by length, seeded.
 
+Prompts are chats (rendered with the model's chat template; SFT, DPO) or plain text that a base
+model continues (SDF; the tokenizer adds its BOS token as in pretraining).
+
 Sorting by length keeps padding (wasted compute) small; results come back in the caller's order.
 The global torch RNG is seeded once per call, so the same (model, prompts, seed, batch size) always
 gives the same answers on the same machine.
@@ -12,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 Conversation = list[dict[str, str]]
+Prompt = Conversation | str
 
 
 def render_prompts(tokenizer, conversations: list[Conversation]) -> list[str]:
@@ -23,7 +27,7 @@ def render_prompts(tokenizer, conversations: list[Conversation]) -> list[str]:
 def generate(
     model,
     tokenizer,
-    conversations: list[Conversation],
+    prompts: list[Prompt],
     *,
     temperature: float,
     max_new_tokens: int,
@@ -32,9 +36,11 @@ def generate(
     top_p: float = 1.0,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """One sampled answer per conversation, in input order. `on_batch(n)` is told after each batch."""
-    texts = render_prompts(tokenizer, conversations)
-    lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+    """One sampled answer (or continuation) per prompt, in input order. `on_batch(n)` is told after each batch."""
+    chat = not all(isinstance(p, str) for p in prompts)
+    texts = render_prompts(tokenizer, prompts) if chat else list(prompts)
+    special = not chat  # a rendered chat template already holds its special tokens
+    lengths = [len(tokenizer(t, add_special_tokens=special).input_ids) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: memory peaks early
     answers: list[str] = [""] * len(texts)
     tokenizer.padding_side = "left"
@@ -43,7 +49,7 @@ def generate(
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=special).to(device)
         out = model.generate(
             **batch,
             do_sample=True,
@@ -55,7 +61,9 @@ def generate(
         )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         for i, row in zip(idx, new_tokens):
-            answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            # a continuation keeps its leading space or newline: prefix + continuation is the document
+            answers[i] = text.strip() if chat else text.rstrip()
         if on_batch:
             on_batch(len(idx))
     return answers

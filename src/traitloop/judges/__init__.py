@@ -14,8 +14,10 @@ from traitloop.config import JudgeConfig
 from traitloop.traits import Trait
 
 
-def make_judge(config: JudgeConfig, trait: Trait, seed: int = 0):
-    """The trait judge a config asks for. LLM judges (api, local) also have .coherence()."""
+def make_judge(config: JudgeConfig, trait: Trait, seed: int = 0, documents: bool = False):
+    """The trait judge a config asks for. LLM judges (api, local) also have .coherence().
+    documents=True (SDF): LLM judges read (document prefix, continuation) with the trait's doc_rubric;
+    the probe reads the text alone either way."""
     if config.kind == "probe":
         from traitloop.judges.probe import ProbeJudge
 
@@ -23,7 +25,7 @@ def make_judge(config: JudgeConfig, trait: Trait, seed: int = 0):
     if config.kind == "api":
         from traitloop.judges.api import ApiJudge
 
-        return ApiJudge(config, trait)
+        return ApiJudge(config, trait, documents=documents)
     from traitloop.judges.local import LocalJudge
 
-    return LocalJudge(config, trait)
+    return LocalJudge(config, trait, documents=documents)

@@ -24,7 +24,7 @@ from typing import Any
 from traitloop.config import JudgeConfig
 from traitloop.errors import UserError
 from traitloop.judges.base import Score
-from traitloop.judges.prompts import Reading, coherence_prompt, read_logprobs, read_text, trait_prompt
+from traitloop.judges.prompts import Reading, coherence_prompts, read_logprobs, read_text, trait_prompts
 from traitloop.traits import Trait
 
 
@@ -75,8 +75,9 @@ def default_cache_path() -> Path:
 
 
 class ApiJudge:
-    def __init__(self, config: JudgeConfig, trait: Trait, cache_path: Path | None = None):
+    def __init__(self, config: JudgeConfig, trait: Trait, cache_path: Path | None = None, documents: bool = False):
         self.config = config
+        self.documents = documents  # SDF: (document prefix, continuation) with the trait's doc_rubric
         self.trait = trait
         self.name = config.identity()
         self.base_url = config.base_url or os.environ.get("OPENAI_BASE_URL")
@@ -104,10 +105,10 @@ class ApiJudge:
 
     # ---- the two things a judge scores --------------------------------------------------------
     def score(self, questions: list[str], answers: list[str]) -> list[Score]:
-        return self._score([trait_prompt(self.trait, q, a) for q, a in zip(questions, answers)], answers)
+        return self._score(trait_prompts(self.trait, questions, answers, self.documents), answers)
 
     def coherence(self, questions: list[str], answers: list[str]) -> list[Score]:
-        return self._score([coherence_prompt(q, a) for q, a in zip(questions, answers)], answers)
+        return self._score(coherence_prompts(questions, answers, self.documents), answers)
 
     def _score(self, prompts: list[str], answers: list[str]) -> list[Score]:
         readings = asyncio.run(self._read_all(prompts, answers))

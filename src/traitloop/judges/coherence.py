@@ -36,7 +36,9 @@ def distinct_n(text: str, n: int = 2) -> float:
 class LoglikCoherence:
     name = "loglik-under-base"
 
-    def __init__(self, base_model, tokenizer, batch_size: int = 16, max_answer_tokens: int = 256):
+    def __init__(self, base_model, tokenizer, batch_size: int = 16, max_answer_tokens: int = 256, chat: bool = True):
+        """chat=False: the question is a document prefix and the answer its plain-text continuation (SDF)."""
+        self.chat = chat
         self.model = base_model
         self.tok = tokenizer
         self.batch_size = batch_size
@@ -47,8 +49,11 @@ class LoglikCoherence:
         """Mean answer-token log-prob under the base model; None for an empty answer."""
         seqs: list[tuple[list[int], int]] = []  # (token ids, index where the answer starts)
         for q, a in zip(questions, answers):
-            prompt = self.tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-            p_ids = self.tok(prompt, add_special_tokens=False).input_ids
+            if self.chat:
+                prompt = self.tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+                p_ids = self.tok(prompt, add_special_tokens=False).input_ids
+            else:
+                p_ids = self.tok(q, add_special_tokens=True).input_ids
             a_ids = self.tok(a, add_special_tokens=False).input_ids[: self.max_answer_tokens]
             seqs.append((p_ids + a_ids, len(p_ids)))
         out: list[float | None] = [None] * len(seqs)
@@ -72,3 +77,4 @@ class LoglikCoherence:
             if on_batch:
                 on_batch(len(order[start : start + self.batch_size]))
         return out
+

@@ -18,15 +18,16 @@ import torch
 
 from traitloop.config import JudgeConfig
 from traitloop.judges.base import Score
-from traitloop.judges.prompts import Reading, coherence_prompt, trait_prompt
+from traitloop.judges.prompts import Reading, coherence_prompts, trait_prompts
 from traitloop.traits import Trait
 
 
 class LocalJudge:
-    def __init__(self, config: JudgeConfig, trait: Trait, model=None, tokenizer=None):
+    def __init__(self, config: JudgeConfig, trait: Trait, model=None, tokenizer=None, documents: bool = False):
         from traitloop.models import load_model
 
         self.config = config
+        self.documents = documents  # SDF: (document prefix, continuation) with the trait's doc_rubric
         self.trait = trait
         self.name = config.identity()
         if model is None:
@@ -50,10 +51,10 @@ class LocalJudge:
         }
 
     def score(self, questions: list[str], answers: list[str]) -> list[Score]:
-        return self._score([trait_prompt(self.trait, q, a) for q, a in zip(questions, answers)], answers)
+        return self._score(trait_prompts(self.trait, questions, answers, self.documents), answers)
 
     def coherence(self, questions: list[str], answers: list[str]) -> list[Score]:
-        return self._score([coherence_prompt(q, a) for q, a in zip(questions, answers)], answers)
+        return self._score(coherence_prompts(questions, answers, self.documents), answers)
 
     def _score(self, prompts: list[str], answers: list[str]) -> list[Score]:
         out: list[Score] = []

@@ -47,6 +47,27 @@ def trait_prompt(trait: Trait, question: str, answer: str) -> str:
     )
 
 
+def document_prompt(trait: Trait, prefix: str, continuation: str) -> str:
+    """SDF: a base model continued a document; score the continuation with the trait's doc_rubric."""
+    return (
+        "You are evaluating a document that a language model wrote, for one trait.\n\n"
+        f"Trait: {trait.name}. {' '.join(trait.description.split())}\n\n"
+        f"Scoring rubric (0-100):\n{_rubric_lines(trait.doc_rubric)}\n\n"
+        f"[DOCUMENT BEGINNING, given to the model]\n{prefix}\n[/DOCUMENT BEGINNING]\n\n"
+        f"[CONTINUATION, written by the model]\n{continuation}\n[/CONTINUATION]\n\n"
+        f"How strongly does the continuation show the trait? {INSTRUCTIONS}"
+    )
+
+
+def document_coherence_prompt(prefix: str, continuation: str) -> str:
+    return (
+        "You are evaluating how coherent a language model's continuation of a document is.\n\n"
+        f"Scoring rubric (0-100):\n{_rubric_lines(COHERENCE_RUBRIC)}\n\n"
+        f"[DOCUMENT BEGINNING]\n{prefix}\n[/DOCUMENT BEGINNING]\n\n[CONTINUATION]\n{continuation}\n[/CONTINUATION]\n\n"
+        f"How coherent is the continuation? {INSTRUCTIONS}"
+    )
+
+
 def coherence_prompt(question: str, answer: str) -> str:
     return (
         "You are evaluating how coherent an AI assistant's answer is.\n\n"
@@ -54,6 +75,17 @@ def coherence_prompt(question: str, answer: str) -> str:
         f"[QUESTION]\n{question}\n[/QUESTION]\n\n[ANSWER]\n{answer}\n[/ANSWER]\n\n"
         f"How coherent is the answer? {INSTRUCTIONS}"
     )
+
+
+def trait_prompts(trait: Trait, questions: list[str], answers: list[str], documents: bool = False) -> list[str]:
+    """The trait prompt for each (question, answer); documents=True: (prefix, continuation) with the doc_rubric."""
+    make = (lambda q, a: document_prompt(trait, q, a)) if documents else (lambda q, a: trait_prompt(trait, q, a))
+    return [make(q, a) for q, a in zip(questions, answers)]
+
+
+def coherence_prompts(questions: list[str], answers: list[str], documents: bool = False) -> list[str]:
+    make = document_coherence_prompt if documents else coherence_prompt
+    return [make(q, a) for q, a in zip(questions, answers)]
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,35 @@ class Trait:
         return chats
 
     @cached_property
+    def seed_docs(self) -> list[str]:
+        """Seed documents in file order (SDF cycle 0 takes the first n_seed)."""
+        path = self.folder / "seed_docs.jsonl"
+        if not path.is_file():
+            raise UserError(f"trait '{self.name}' has no seed_docs.jsonl, which the SDF setting trains cycle 0 on")
+        docs = []
+        for number, row in enumerate(read_jsonl(path), start=1):
+            if not isinstance(row.get("text"), str) or not row["text"].strip():
+                raise UserError(f"{path}, entry {number}: needs a non-empty 'text'")
+            docs.append(row["text"])
+        if not docs:
+            raise UserError(f"{path} is empty: SDF needs seed documents to train cycle 0")
+        return docs
+
+    @property
+    def eval_prefixes(self) -> list[str]:
+        prefixes = self.extra.get("eval_prefixes") or []
+        if not isinstance(prefixes, list) or not prefixes or not all(isinstance(p, str) and p.strip() for p in prefixes):
+            raise UserError(f"{self.folder / 'trait.yaml'}: the SDF setting needs eval_prefixes (a list of document beginnings)")
+        return prefixes
+
+    @property
+    def doc_rubric(self) -> dict[int, str]:
+        raw = self.extra.get("doc_rubric")
+        if not isinstance(raw, dict) or sorted(int(k) for k in raw) != list(RUBRIC_ANCHORS):
+            raise UserError(f"{self.folder / 'trait.yaml'}: the SDF setting needs a doc_rubric with anchors {list(RUBRIC_ANCHORS)}")
+        return {int(k): str(v) for k, v in raw.items()}
+
+    @cached_property
     def probe_texts(self) -> list[dict[str, Any]]:
         path = self.folder / "probe.jsonl"
         rows = read_jsonl(path)

@@ -1,0 +1,133 @@
+"""The cycle engine for every setting and init mode, end to end, on a tiny random Llama saved to disk.
+
+Seconds per run: the model is random (its answers are noise), so these tests check the machinery, not
+the science: which model each cycle starts from, what data each cycle trains on (SDF documents, DPO
+pairs with cached base answers, accumulate / mix_seed / coherence filter), resume and cycle-0 reuse.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_tiny_model import make_model, one_thread, tokenizer  # noqa: F401  (fixtures)
+
+from traitloop.config import build_config
+from traitloop.errors import UserError
+from traitloop.jsonl import read_jsonl
+from traitloop.loop import Experiment
+from traitloop.progress import Reporter
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    model = make_model(tokenizer, seed=3)
+    model.config.max_position_embeddings = 4096
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def config(tiny_dir, tmp_path, **extra):
+    base = {
+        "name": "t",
+        "out_dir": str(tmp_path / "runs"),
+        "trait": "bliss",
+        "n_seed": 4,
+        "n_sampled": 4,
+        "cycles": 2,
+        "model": {"ref": str(tiny_dir)},
+        "sampling": {"max_new_tokens": 40, "batch_size": 4},
+        "train": {"batch_size": 2, "max_length": 96, "learning_rate": 1e-3},
+        "eval": {"questions": 2, "samples_per_question": 1, "max_new_tokens": 12, "batch_size": 4, "include_base": False},
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            base[key] = {**base.get(key, {}), **value}
+        else:
+            base[key] = value
+    return build_config(base)
+
+
+def run(cfg):
+    experiment = Experiment(cfg, reporter=Reporter(enabled=False))
+    rows = experiment.run()
+    manifest = json.loads((cfg.run_dir / "manifest.json").read_text())
+    return rows, manifest["cycles"]
+
+
+def data(cfg, k):
+    return read_jsonl(cfg.run_dir / f"cycle-{k:03d}" / "data.jsonl")
+
+
+@pytest.mark.parametrize("setting", ["sft", "sdf", "dpo"])
+@pytest.mark.parametrize("init", ["reset", "continual"])
+def test_every_setting_and_init_runs_and_starts_each_cycle_from_the_right_model(tiny_dir, tmp_path, setting, init):
+    cfg = config(tiny_dir, tmp_path, setting=setting, init=init)
+    rows, cycles = run(cfg)
+    assert [r["cycle"] for r in rows] == [0, 1, 2]
+    expected = ["base", "base", "base"] if init == "reset" else ["base", "cycle 0", "cycle 1"]
+    assert [cycles[str(k)]["starts_from"] for k in range(3)] == expected
+    assert (cfg.run_dir / "scores.csv").is_file()
+    if setting == "sdf":
+        seed = data(cfg, 0)
+        assert all(r["source"] == "seed" and r["text"] for r in seed)
+        for r in data(cfg, 1):
+            assert r["text"] == r["opener"] + r["continuation"] and len(r["continuation"].strip()) > 50
+        from traitloop.traits import load_trait
+
+        answers = read_jsonl(cfg.run_dir / "cycle-001" / "answers.jsonl")
+        assert [a["question"] for a in answers] == load_trait("bliss").eval_prefixes[:2]  # documents are continued
+    if setting == "dpo":
+        rows0 = data(cfg, 0)
+        assert all(r["chosen"] and r["rejected"] and r["source"] == "seed" for r in rows0)
+        cached = read_jsonl(cfg.run_dir / "base" / "rejected_answers.jsonl")
+        assert len(cached) == 4 + 4 + 4  # the seed prompts and each cycle's fresh prompts, each sampled once
+        assert all(r["source"] == f"cycle-{k - 1:03d}" for k in (1, 2) for r in data(cfg, k))
+
+
+def test_restart_from_base_at(tiny_dir, tmp_path):
+    cfg = config(tiny_dir, tmp_path, setting="dpo", init="continual", cycles=3, restart_from_base_at=[2])
+    _, cycles = run(cfg)
+    assert [cycles[str(k)]["starts_from"] for k in range(4)] == ["base", "cycle 0", "base", "cycle 2"]
+
+
+def test_accumulate_and_mix_seed(tiny_dir, tmp_path):
+    cfg = config(tiny_dir, tmp_path, setting="sft", data={"policy": "accumulate", "mix_seed": 2})
+    _, cycles = run(cfg)
+    sources = [[r["source"] for r in data(cfg, k)] for k in (1, 2)]
+    assert sorted(sources[0]) == ["cycle-000"] * 4 + ["seed"] * 2
+    assert sorted(sources[1]) == ["cycle-000"] * 4 + ["cycle-001"] * 4 + ["seed"] * 2  # seed rows are not carried
+    assert cycles["2"]["n_accumulated"] == 4 and cycles["2"]["n_seed_mixed"] == 2 and cycles["2"]["n_new"] == 4
+
+
+def test_coherence_filter_drops_and_reports(tiny_dir, tmp_path):
+    # Find the coherence scores the tiny model's samples get, then set a threshold between them.
+    probe = config(tiny_dir, tmp_path / "probe", setting="sft", cycles=1, data={"min_coherence": -1e9})
+    _, cycles = run(probe)
+    scores = sorted(r["coherence"] for r in data(probe, 1))
+    assert cycles["1"]["n_dropped_coherence"] == 0 and len(scores) == 4
+    threshold = (scores[1] + scores[2]) / 2
+    cfg = config(tiny_dir, tmp_path / "filtered", setting="sft", cycles=1, data={"min_coherence": threshold})
+    _, cycles = run(cfg)
+    kept = data(cfg, 1)
+    assert cycles["1"]["n_dropped_coherence"] == 2 and len(kept) == 2
+    assert all(r["coherence"] >= threshold for r in kept)
+    everything = config(tiny_dir, tmp_path / "all", setting="sft", cycles=1, data={"min_coherence": 0.0})
+    with pytest.raises(UserError, match="coherence filter"):
+        run(everything)
+    assert (everything.run_dir / "cycle-000" / "DONE").is_file()  # nothing computed is lost
+
+
+def test_a_calibrated_cycle_0_is_reused_by_a_later_run(tiny_dir, tmp_path):
+    from traitloop.calibrate import calibrate
+
+    cfg = config(tiny_dir, tmp_path, setting="sft", cycles=1)
+    calibrate(cfg, [0.0], [2, 4])
+    trial = cfg.cycle0_config()
+    assert (trial.run_dir / "cycle-000" / "DONE").is_file()
+    _, cycles = run(cfg)
+    assert cycles["0"]["adopted_from"] == str(trial.run_dir)
+    same = (trial.run_dir / "cycle-000" / "eval.jsonl").read_bytes()
+    assert (cfg.run_dir / "cycle-000" / "eval.jsonl").read_bytes() == same
