@@ -19,6 +19,28 @@ from traitloop.loop import Experiment
 from traitloop.progress import Reporter
 
 
+class LengthJudge:
+    """A stand-in trait judge (score = answer length, capped at 100): these tests are about the cycle
+    machinery, and the probe's fit would be most of their time. The real probe is tested elsewhere."""
+
+    name = "length"
+
+    def info(self):
+        return {"judge": self.name}
+
+    def score(self, questions, answers):
+        from traitloop.judges.base import Score
+
+        return [Score(float(min(100, len(a))), self.name) for a in answers]
+
+
+@pytest.fixture(autouse=True)
+def cheap_judge(monkeypatch):
+    import traitloop.loop
+
+    monkeypatch.setattr(traitloop.loop, "make_judge", lambda *a, **k: LengthJudge())
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tiny-llama"

@@ -186,3 +186,15 @@ def test_calibration_rejects_bad_targets_and_grids(tmp_path):
         calibration.calibrate(cfg, [20], [5000])
     with pytest.raises(UserError, match="comma-separated"):
         calibration.parse_numbers("20,abc", "--targets")
+
+
+def test_every_example_config_is_valid():
+    from pathlib import Path
+
+    from traitloop.config import load_config
+
+    root = Path(__file__).parent.parent
+    paths = sorted([*root.glob("configs/*.yaml"), *root.glob("configs/paper/*.yaml"), *root.glob("src/traitloop/configs/*.yaml")])
+    assert len(paths) >= 15
+    settings = {(load_config(p).setting, load_config(p).init) for p in paths}
+    assert settings >= {(s, i) for s in ("sft", "sdf", "dpo") for i in ("reset", "continual")}

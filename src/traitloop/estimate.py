@@ -1,0 +1,321 @@
+"""Before a run: how much work it is and how long it should take here (`traitloop run --dry-run CONFIG`).
+
+Work is counted from the config and the trait's data: cycles, training examples, generated tokens
+(training-data sampling + eval answers), trained tokens, judged answers. Time is work divided by the
+machine's measured throughput, read from $TRAITLOOP_CACHE/throughput.json, which `python -m bench`
+writes (or, when the file is missing, a ~20-second micro-measurement on the embedded model, saved
+there). Throughput is per token of the measured model; another model's rates are scaled by
+parameter count when its size can be read from its safetensors headers.
+
+The model of one cycle k (reset or continual alike):
+    sampling   k >= 1: n_sampled answers x max_new_tokens x answer_fill generated tokens
+    training   (template + question + answer) tokens per example, cut at max_length, x epochs
+    eval       questions x samples answers, x eval max_new_tokens x answer_fill tokens; judged by the
+               probe (answers/s) and scored for coherence (one forward over question + answer)
+    loads      one fresh base per training stage
+plus, once per run: the base model load, the judge fit and (eval.include_base) the base's eval.
+answer_fill is the measured mean answer length / max_new_tokens; batched sampling runs each batch to
+its longest answer, which the measured tokens/s already includes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from traitloop.config import ExperimentConfig
+from traitloop.models import cache_dir
+
+MEASURED_MODEL = "embedded:smollm2-135m-instruct"
+KNOWN_SETTINGS = {"sft"}  # settings whose costs the bench measures; others use the SFT per-token rates
+
+# Used where throughput.json lacks a figure (the micro-measurement does not fit the probe judge).
+ASSUMED = {
+    "judge_answers_per_s": 20.0,
+    "judge_fit_s": 15.0,
+    "coherence_tokens_per_s": 1500.0,
+    "model_load_s": 1.0,
+    "answer_fill": 0.8,
+    "chars_per_token": 4.0,
+    "template_tokens": 31,
+}
+
+
+# ---- the throughput file -----------------------------------------------------------------------------
+def throughput_path() -> Path:
+    return cache_dir() / "throughput.json"
+
+
+def load_throughput() -> dict[str, Any] | None:
+    path = throughput_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and data.get("sample_tokens_per_s") and data.get("train_tokens_per_s")
+    return data if ok else None
+
+
+def save_throughput(data: dict[str, Any]) -> Path:
+    from traitloop.jsonl import write_json
+
+    path = throughput_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, data)
+    return path
+
+
+def tokenizer_figures(tokenizer, chats: list[list[dict[str, str]]]) -> dict[str, float]:
+    """Characters per token of chat text, and the chat template's own tokens around one user turn."""
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in chats]
+    tokens = sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
+    empty = tokenizer.apply_chat_template([{"role": "user", "content": ""}], add_generation_prompt=True, tokenize=False)
+    return {
+        "chars_per_token": round(sum(len(m["content"]) for c in chats for m in c) / max(1, tokens), 3),
+        "template_tokens": len(tokenizer(empty, add_special_tokens=False).input_ids) + 2,  # + end of each turn
+    }
+
+
+def measure_throughput(log=print) -> dict[str, Any]:
+    """~20 s on 2 cores: a few generate steps and two training steps on the embedded model."""
+    import torch
+
+    from traitloop.config import LoraConfig, TrainConfig
+    from traitloop.generation.hf import generate
+    from traitloop.models import load_model
+    from traitloop.prompts import advice_pool
+    from traitloop.traits import load_trait
+    from traitloop.training import attach_adapter, train_sft
+
+    log("measuring this machine's throughput once (about 20 s; `python -m bench` measures it properly) ...")
+    t0 = time.perf_counter()
+    model, tok = load_model(MEASURED_MODEL)
+    load_s = time.perf_counter() - t0
+    chats = load_trait("bliss").seed_chats[:4]
+    figures = tokenizer_figures(tok, chats)
+    questions, new_tokens = list(advice_pool()[:16]), 16
+    t0 = time.perf_counter()
+    answers = generate(model, tok, [[{"role": "user", "content": q}] for q in questions], temperature=0.8,
+                       max_new_tokens=new_tokens, batch_size=16, seed=0)
+    sample_s = time.perf_counter() - t0
+    generated = sum(len(tok(a, add_special_tokens=False).input_ids) for a in answers)
+    train = TrainConfig(batch_size=2)
+    texts = [tok.apply_chat_template(c, tokenize=False) for c in chats]
+    train_tokens = sum(min(len(tok(t, add_special_tokens=False).input_ids), train.max_length) for t in texts)
+    t0 = time.perf_counter()
+    train_sft(attach_adapter(load_model(MEASURED_MODEL)[0], LoraConfig()), tok, chats, train, seed=0)
+    train_s = time.perf_counter() - t0  # includes the trainer's setup: a pessimistic figure
+    from traitloop.judges.coherence import LoglikCoherence
+
+    t0 = time.perf_counter()
+    LoglikCoherence(model, tok).loglik(questions, answers)
+    coherence_s = time.perf_counter() - t0
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) for q in questions]
+    scored = generated + sum(len(tok(p, add_special_tokens=False).input_ids) for p in prompts)
+    return {
+        "model_ref": MEASURED_MODEL,
+        "params": sum(p.numel() for p in model.parameters()),
+        "sample_tokens_per_s": {"16": round(generated / sample_s, 2)},
+        "sample_max_new_tokens": new_tokens,
+        "answer_fill": round(generated / (len(questions) * new_tokens), 3),
+        "train_tokens_per_s": round(train_tokens / train_s, 2),
+        "coherence_tokens_per_s": round(scored / coherence_s, 1),
+        "model_load_s": round(load_s, 2),
+        **figures,
+        "threads": torch.get_num_threads(),
+        "source": "micro-measurement (traitloop run --dry-run)",
+        "measured_at": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def get_throughput(log=print) -> dict[str, Any]:
+    """throughput.json, measured and saved first if missing."""
+    data = load_throughput()
+    if data is None:
+        data = measure_throughput(log)
+        save_throughput(data)
+    return data
+
+
+# ---- the estimate ------------------------------------------------------------------------------------
+def _count_params(ref: str) -> int | None:
+    """Parameters of a model on disk, from its safetensors headers (no weights read); None if unknown."""
+    from traitloop.models import EMBEDDED, embedded_cache_path
+
+    if ref.startswith("embedded:"):
+        name = ref.removeprefix("embedded:")
+        folder = embedded_cache_path(name) if name in EMBEDDED else None
+    else:
+        folder = Path(ref).expanduser()
+    if folder is None or not folder.is_dir():
+        return None
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return total or None
+
+
+def _sample_rate(tp: dict[str, Any], batch_size: int, notes: list[str]) -> float:
+    """Generated tokens/s at the measured batch size closest to `batch_size`."""
+    rates = {int(k): float(v) for k, v in tp["sample_tokens_per_s"].items()}
+    nearest = min(rates, key=lambda b: (abs(b - batch_size), b))
+    if nearest != batch_size:
+        notes.append(f"sampling at batch {batch_size} uses the rate measured at batch {nearest}")
+    return rates[nearest]
+
+
+def _tokens(text_chars: float, tp: dict[str, Any]) -> float:
+    return text_chars / tp["chars_per_token"]
+
+
+def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Planned work and estimated wall time of `config` on this machine (nothing is written)."""
+    from traitloop.prompts import advice_pool
+    from traitloop.traits import load_trait
+
+    measured = throughput if throughput is not None else get_throughput()
+    tp = {**ASSUMED, **measured}
+    assumed = sorted(k for k in ASSUMED if k not in measured)
+    notes: list[str] = []
+    setting = config.setting
+    if setting not in KNOWN_SETTINGS:
+        notes.append(f"setting '{setting}': its own costs are not measured yet; estimated with the SFT per-token "
+                     "rates and SFT-shaped data (one example per prompt)")
+    train_rate = float(tp.get(f"{setting}_train_tokens_per_s") or tp["train_tokens_per_s"])
+
+    # Another model than the measured one: scale per-token rates by parameter count when known.
+    scale = 1.0
+    if config.model.ref != tp.get("model_ref", MEASURED_MODEL):
+        params = _count_params(config.model.ref)
+        if params and tp.get("params"):
+            scale = tp["params"] / params
+            notes.append(f"throughput measured on {tp.get('model_ref')}; rates scaled by parameter count "
+                         f"({tp['params'] / 1e6:.0f}M / {params / 1e6:.0f}M)")
+        else:
+            notes.append(f"throughput measured on {tp.get('model_ref')}; the size of {config.model.ref} is unknown "
+                         "here, so its rates are taken as equal (an underestimate for a larger model)")
+    if config.model.dtype != "float32":
+        notes.append(f"model.dtype={config.model.dtype}: rates were measured in float32")
+    sample_rate = _sample_rate(tp, config.sampling.batch_size, notes) * scale
+    eval_rate = _sample_rate(tp, config.eval.batch_size, notes) * scale
+    train_rate *= scale
+    coherence_rate = float(tp["coherence_tokens_per_s"]) * scale
+    fill = float(tp["answer_fill"])
+    template = float(tp["template_tokens"])
+
+    trait = load_trait(config.trait)
+    pool = advice_pool()
+    question_tokens = template + _tokens(sum(map(len, pool)) / len(pool), tp)
+    if setting == "sdf":  # documents, no chat template
+        seed_tokens = [_tokens(len(d), tp) for d in trait.seed_docs[: config.n_seed]]
+    else:
+        seed_tokens = [template + _tokens(sum(len(m["content"]) for m in c), tp) for c in trait.seed_chats[: config.n_seed]]
+    n_questions = len(trait.eval_questions[: config.eval.questions] if config.eval.questions else trait.eval_questions)
+    n_eval = n_questions * config.eval.samples_per_question
+    eval_answer = config.eval.max_new_tokens * fill
+    eval_question = template + _tokens(sum(map(len, trait.eval_questions)) / max(1, len(trait.eval_questions)), tp)
+
+    judge_known = config.judge.kind == "probe"
+    if not judge_known:
+        notes.append(f"judge.kind={config.judge.kind}: LLM-judge time depends on the endpoint and is not included")
+
+    def eval_cost() -> dict[str, float]:
+        tokens = n_eval * eval_answer
+        judge_s = n_eval / tp["judge_answers_per_s"] if judge_known else 0.0
+        return {"eval_tokens": tokens, "eval": tokens / eval_rate,
+                "judge": judge_s + n_eval * (eval_question + eval_answer) / coherence_rate}
+
+    done, copied = _finished_cycles(config)
+    cycles = []
+    for k in range(config.cycles + 1):
+        if k == 0:
+            examples = len(seed_tokens)
+            train_tokens = sum(min(t, config.train.max_length) for t in seed_tokens) * config.train.epochs
+            sample_tokens = 0.0
+        else:
+            examples = config.n_sampled
+            answer = config.sampling.max_new_tokens * fill
+            train_tokens = examples * min(question_tokens + answer, config.train.max_length) * config.train.epochs
+            sample_tokens = examples * answer
+        stages = {"sampling": sample_tokens / sample_rate, "training": train_tokens / train_rate,
+                  "loads": float(tp["model_load_s"]), **eval_cost()}
+        eval_tokens = stages.pop("eval_tokens")
+        status = "done" if k in done else "copied" if k in copied else "planned"
+        seconds = 0.0 if status != "planned" else sum(stages.values())
+        cycles.append({"cycle": k, "status": status, "examples": examples, "train_tokens": round(train_tokens),
+                       "sample_tokens": round(sample_tokens), "eval_tokens": round(eval_tokens),
+                       "stages_s": {key: round(v, 1) for key, v in stages.items()}, "seconds": round(seconds, 1)})
+
+    base_eval = eval_cost() if config.eval.include_base else {"eval_tokens": 0.0, "eval": 0.0, "judge": 0.0}
+    setup = {"model_load": float(tp["model_load_s"]), "judge_fit": float(tp["judge_fit_s"]) if judge_known else 0.0,
+             "base_eval": base_eval["eval"] + base_eval["judge"]}
+    if done:
+        notes.append(f"cycles {sorted(done)} are already done in {config.run_dir} and will be skipped")
+    if assumed:
+        notes.append("not measured, assumed: " + ", ".join(assumed))
+    planned = [c for c in cycles if c["status"] == "planned"]
+    return {
+        "name": config.name, "setting": setting, "model": config.model.ref, "init": config.init,
+        "cycles": len(cycles), "cycles_to_run": len(planned),
+        "examples_per_cycle": [c["examples"] for c in cycles],
+        "per_cycle": cycles,
+        "setup_s": {k: round(v, 1) for k, v in setup.items()},
+        "totals": {
+            "examples": sum(c["examples"] for c in planned),
+            "train_tokens": sum(c["train_tokens"] for c in planned),
+            "sample_tokens": sum(c["sample_tokens"] for c in planned),
+            "eval_tokens": sum(c["eval_tokens"] for c in planned) + round(base_eval["eval_tokens"]),
+            "eval_answers": n_eval * (len(planned) + bool(config.eval.include_base)),
+            "seconds": round(sum(c["seconds"] for c in planned) + sum(setup.values()), 1),
+        },
+        "throughput": {k: tp.get(k) for k in ("source", "measured_at", "cpu_model", "cores", "threads")},
+        "notes": list(dict.fromkeys(notes)),
+    }
+
+
+def _finished_cycles(config: ExperimentConfig) -> tuple[set[int], set[int]]:
+    """Cycles already done in an existing run dir (skipped on resume), and cycle 0 when copied."""
+    copied = {0} if config.cycle0_from else set()
+    if not (config.run_dir / "config.yaml").is_file():
+        return set(), copied
+    from traitloop.store import RunStore
+
+    store, key = RunStore(config.run_dir), config.science_hash()
+    return {k for k in range(config.cycles + 1) if store.is_done(k, key)}, copied
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, m, s = seconds // 3600, seconds % 3600 // 60, seconds % 60
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def estimate_table(est: dict[str, Any]) -> Table:
+    tp = est["throughput"]
+    where = f"{tp.get('cores')} cores, {tp.get('cpu_model')}" if tp.get("cpu_model") else "this machine"
+    table = Table(
+        title=f"dry run: {est['name']} ({est['setting']} / {est['init']} / {est['model']}): nothing is run or written",
+        caption=f"throughput: {tp.get('source')}, {tp.get('measured_at')}, {where}\n" + "\n".join(f"note: {n}" for n in est["notes"]),
+    )
+    for col in ["cycle", "examples", "trained tokens", "sampled tokens", "eval tokens", "est. time", "sampling / training / eval / judge"]:
+        table.add_column(col, justify="right")
+    setup = est["setup_s"]
+    table.add_row("setup", "", "", "", "", _duration(sum(setup.values())),
+                  f"load {setup['model_load']:.0f}s, judge fit {setup['judge_fit']:.0f}s, base eval {setup['base_eval']:.0f}s")
+    for c in est["per_cycle"]:
+        s = c["stages_s"]
+        time_cell = _duration(c["seconds"]) if c["status"] == "planned" else c["status"]
+        table.add_row(str(c["cycle"]), str(c["examples"]), f"{c['train_tokens']:,}", f"{c['sample_tokens']:,}",
+                      f"{c['eval_tokens']:,}", time_cell,
+                      f"{s['sampling']:.0f} / {s['training']:.0f} / {s['eval']:.0f} / {s['judge']:.0f} s")
+    t = est["totals"]
+    table.add_row(f"total ({est['cycles_to_run']} of {est['cycles']} cycles)", str(t["examples"]), f"{t['train_tokens']:,}",
+                  f"{t['sample_tokens']:,}", f"{t['eval_tokens']:,}", _duration(t["seconds"]), "", style="bold")
+    return table
