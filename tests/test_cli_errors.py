@@ -52,6 +52,12 @@ CHAT = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "ass
         ("name: x\nmodel:\n  ref: ./no/such/model\n", [], "model path not found"),
         ("- just\n- a list\n", [], "expected a mapping"),
         ("name: x\n", ["--set", "n_seed"], "expected key.path=value"),
+        ("name: x\nsetting: rlhf\n", [], "setting"),
+        ("name: x\nsetting: sdf\nmodel:\n  ref: embedded:smollm2-135m-instruct\n", [], "is chat-tuned"),
+        ("name: x\nsetting: dpo\nmodel:\n  ref: embedded:gemma3-270m\n", [], "has no chat template"),
+        ("name: x\ninit: reset\nrestart_from_base_at: [2]\n", [], "needs init: continual"),
+        ("name: x\nsetting: sdf\nn_seed: 5000\n", [], "seed documents"),
+        ("name: x\ndata:\n  policy: keep-all\n", [], "data.policy"),
     ],
 )
 def test_bad_config_exits_2_with_one_clear_message(tmp_path, monkeypatch, capsys, config_text, extra_args, expected):
@@ -112,3 +118,22 @@ def test_config_docs_lists_every_key(monkeypatch, capsys):
     text = capsys.readouterr().out
     for key in ["n_seed", "init", "train.learning_rate", "eval.samples_per_question", "lora.r", "sampling.temperature"]:
         assert key in text
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["demo", "--setting", "rlhf"], "choose sft, sdf or dpo"),
+        (["calibrate", "CONFIG", "--targets", "40,abc"], "comma-separated"),
+        (["calibrate", "CONFIG", "--targets", "140"], "0-100"),
+        (["calibrate", "CONFIG", "--targets", "40", "--grid", "9999"], "no n_seed"),
+    ],
+)
+def test_bad_demo_and_calibrate_arguments_exit_2(tmp_path, monkeypatch, capsys, args, expected):
+    config = write(tmp_path / "c.yaml", "name: x\n")
+    args = [str(config) if a == "CONFIG" else a for a in args]
+    code, output = run_cli([*args, "--out", str(tmp_path / "runs")], monkeypatch, capsys)
+    assert code == 2
+    assert expected in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "runs").exists()
