@@ -9,11 +9,16 @@ parameter count when its size can be read from its safetensors headers.
 
 The model of one cycle k (reset or continual alike):
     sampling   k >= 1: n_sampled answers x max_new_tokens x answer_fill generated tokens
-    training   (template + question + answer) tokens per example, cut at max_length, x epochs
-    eval       questions x samples answers, x eval max_new_tokens x answer_fill tokens; judged by the
-               probe (answers/s) and scored for coherence (one forward over question + answer)
+               (dpo: twice, chosen by the previous model and rejected by the base; cycle 0 samples
+               the base's rejected answers to the seed prompts)
+    training   tokens per example (sft: template + question + answer; sdf: opener + continuation;
+               dpo: both sides of the pair), cut at max_length, x epochs; data.policy accumulate and
+               data.mix_seed add examples; data.min_coherence adds a forward over the new examples
+    eval       questions (sdf: prefixes) x samples answers, x eval max_new_tokens x answer_fill
+               tokens; judged by the probe (answers/s) and scored for coherence (one forward each)
     loads      one fresh base per training stage
 plus, once per run: the base model load, the judge fit and (eval.include_base) the base's eval.
+Per-token rates: the setting's own when the bench measured it (dpo), else the SFT rates (said so).
 answer_fill is the measured mean answer length / max_new_tokens; batched sampling runs each batch to
 its longest answer, which the measured tokens/s already includes.
 """
@@ -175,20 +180,66 @@ def _tokens(text_chars: float, tp: dict[str, Any]) -> float:
     return text_chars / tp["chars_per_token"]
 
 
-def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Planned work and estimated wall time of `config` on this machine (nothing is written)."""
-    from traitloop.prompts import advice_pool
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / max(1, len(xs))
+
+
+def _shape(config: ExperimentConfig, tp: dict[str, Any]) -> dict[str, Any]:
+    """Tokens of one example of each kind, by setting (PROTOCOL: sft chats, sdf documents, dpo pairs)."""
+    from traitloop.prompts import advice_pool, doc_openers
     from traitloop.traits import load_trait
 
+    trait = load_trait(config.trait)
+    answer = config.sampling.max_new_tokens * tp["answer_fill"]
+    template = tp["template_tokens"]
+    chat_tokens = lambda c: template + _tokens(sum(len(m["content"]) for m in c), tp)  # noqa: E731
+    if config.setting == "sdf":  # documents: no chat template; the model continues openers and eval prefixes
+        opener = _tokens(_mean(map(len, doc_openers())), tp)
+        prefixes = trait.eval_prefixes
+        return {
+            "seed": [_tokens(len(d), tp) for d in trait.seed_docs[: config.n_seed]],
+            "seed_sampled": 0.0,
+            "sampled": answer, "trained": opener + answer,
+            "eval_items": len(prefixes[: config.eval.questions] if config.eval.questions else prefixes),
+            "eval_prompt": _tokens(_mean(map(len, prefixes)), tp),
+        }
+    question = template + _tokens(_mean(map(len, advice_pool())), tp)
+    questions = trait.eval_questions
+    shape = {
+        "seed": [chat_tokens(c) for c in trait.seed_chats[: config.n_seed]],
+        "seed_sampled": 0.0,
+        "sampled": answer, "trained": question + answer,
+        "eval_items": len(questions[: config.eval.questions] if config.eval.questions else questions),
+        "eval_prompt": template + _tokens(_mean(map(len, questions)), tp),
+    }
+    if config.setting == "dpo":  # a pair: chosen and rejected, each prompt + answer; rejected = the base's answer
+        prompt_only = [chat_tokens(c[:-1]) for c in trait.seed_chats[: config.n_seed]]
+        shape["seed"] = [s + p + answer for s, p in zip(shape["seed"], prompt_only)]
+        shape["seed_sampled"] = answer  # cycle 0 samples the base's rejected answers
+        shape["sampled"] = 2 * answer  # chosen by the previous model, rejected by the base
+        shape["trained"] = 2 * (question + answer)
+    return shape
+
+
+def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Planned work and estimated wall time of `config` on this machine (nothing is written)."""
     measured = throughput if throughput is not None else get_throughput()
     tp = {**ASSUMED, **measured}
     assumed = sorted(k for k in ASSUMED if k not in measured)
     notes: list[str] = []
     setting = config.setting
-    if setting not in KNOWN_SETTINGS:
-        notes.append(f"setting '{setting}': its own costs are not measured yet; estimated with the SFT per-token "
-                     "rates and SFT-shaped data (one example per prompt)")
-    train_rate = float(tp.get(f"{setting}_train_tokens_per_s") or tp["train_tokens_per_s"])
+
+    # Training rate per token: the setting's own when measured, else the SFT rate (said so).
+    train_rate = float(tp["train_tokens_per_s"])
+    if tp.get(f"{setting}_train_tokens_per_s"):
+        train_rate = float(tp[f"{setting}_train_tokens_per_s"])
+    elif setting == "dpo":
+        train_rate *= 4 / 6  # per token: reference forward 2N + policy 4N, against SFT's 4N
+        notes.append("dpo: training time from the SFT per-token rate x 4/6 (adds the reference forward); DPO itself "
+                     "not measured here yet (python -m bench measures it)")
+    elif setting not in KNOWN_SETTINGS:
+        notes.append(f"{setting}: its costs are not measured yet; estimated with the SFT per-token rates")
 
     # Another model than the measured one: scale per-token rates by parameter count when known.
     scale = 1.0
@@ -200,64 +251,60 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
                          f"({tp['params'] / 1e6:.0f}M / {params / 1e6:.0f}M)")
         else:
             notes.append(f"throughput measured on {tp.get('model_ref')}; the size of {config.model.ref} is unknown "
-                         "here, so its rates are taken as equal (an underestimate for a larger model)")
+                         "here (not on disk yet), so its rates are taken as equal: too low an estimate for a larger model")
     if config.model.dtype != "float32":
         notes.append(f"model.dtype={config.model.dtype}: rates were measured in float32")
     sample_rate = _sample_rate(tp, config.sampling.batch_size, notes) * scale
     eval_rate = _sample_rate(tp, config.eval.batch_size, notes) * scale
     train_rate *= scale
     coherence_rate = float(tp["coherence_tokens_per_s"]) * scale
-    fill = float(tp["answer_fill"])
-    template = float(tp["template_tokens"])
+    load_s = float(tp["model_load_s"]) / scale
 
-    trait = load_trait(config.trait)
-    pool = advice_pool()
-    question_tokens = template + _tokens(sum(map(len, pool)) / len(pool), tp)
-    if setting == "sdf":  # documents, no chat template
-        seed_tokens = [_tokens(len(d), tp) for d in trait.seed_docs[: config.n_seed]]
-    else:
-        seed_tokens = [template + _tokens(sum(len(m["content"]) for m in c), tp) for c in trait.seed_chats[: config.n_seed]]
-    n_questions = len(trait.eval_questions[: config.eval.questions] if config.eval.questions else trait.eval_questions)
-    n_eval = n_questions * config.eval.samples_per_question
-    eval_answer = config.eval.max_new_tokens * fill
-    eval_question = template + _tokens(sum(map(len, trait.eval_questions)) / max(1, len(trait.eval_questions)), tp)
-
+    shape = _shape(config, tp)
+    n_eval = shape["eval_items"] * config.eval.samples_per_question
+    eval_answer = config.eval.max_new_tokens * tp["answer_fill"]
     judge_known = config.judge.kind == "probe"
     if not judge_known:
         notes.append(f"judge.kind={config.judge.kind}: LLM-judge time depends on the endpoint and is not included")
 
     def eval_cost() -> dict[str, float]:
-        tokens = n_eval * eval_answer
         judge_s = n_eval / tp["judge_answers_per_s"] if judge_known else 0.0
-        return {"eval_tokens": tokens, "eval": tokens / eval_rate,
-                "judge": judge_s + n_eval * (eval_question + eval_answer) / coherence_rate}
+        return {"eval": n_eval * eval_answer / eval_rate,
+                "judge": judge_s + n_eval * (shape["eval_prompt"] + eval_answer) / coherence_rate}
 
     done, copied = _finished_cycles(config)
+    data = config.data
     cycles = []
     for k in range(config.cycles + 1):
         if k == 0:
-            examples = len(seed_tokens)
-            train_tokens = sum(min(t, config.train.max_length) for t in seed_tokens) * config.train.epochs
-            sample_tokens = 0.0
+            examples = len(shape["seed"])
+            train_tokens = sum(min(t, config.train.max_length) for t in shape["seed"])
+            sample_tokens = examples * shape["seed_sampled"]
+            filter_tokens = 0.0
         else:
-            examples = config.n_sampled
-            answer = config.sampling.max_new_tokens * fill
-            train_tokens = examples * min(question_tokens + answer, config.train.max_length) * config.train.epochs
-            sample_tokens = examples * answer
-        stages = {"sampling": sample_tokens / sample_rate, "training": train_tokens / train_rate,
-                  "loads": float(tp["model_load_s"]), **eval_cost()}
-        eval_tokens = stages.pop("eval_tokens")
+            carried = config.n_sampled * (k - 1) if data.policy == "accumulate" else 0
+            mixed = min(data.mix_seed, len(shape["seed"]))
+            examples = config.n_sampled + carried + mixed
+            per_example = min(shape["trained"], config.train.max_length * (2 if setting == "dpo" else 1))
+            seed_mean = _mean(min(t, config.train.max_length) for t in shape["seed"])
+            train_tokens = (config.n_sampled + carried) * per_example + mixed * seed_mean
+            sample_tokens = config.n_sampled * shape["sampled"]
+            filter_tokens = config.n_sampled * shape["trained"] if data.min_coherence is not None else 0.0
+        train_tokens *= config.train.epochs
+        stages = {"sampling": sample_tokens / sample_rate, "training": train_tokens / train_rate + filter_tokens / coherence_rate,
+                  "loads": load_s, **eval_cost()}
         status = "done" if k in done else "copied" if k in copied else "planned"
-        seconds = 0.0 if status != "planned" else sum(stages.values())
         cycles.append({"cycle": k, "status": status, "examples": examples, "train_tokens": round(train_tokens),
-                       "sample_tokens": round(sample_tokens), "eval_tokens": round(eval_tokens),
-                       "stages_s": {key: round(v, 1) for key, v in stages.items()}, "seconds": round(seconds, 1)})
+                       "sample_tokens": round(sample_tokens), "eval_tokens": round(n_eval * eval_answer),
+                       "stages_s": {key: round(v, 1) for key, v in stages.items()},
+                       "seconds": round(sum(stages.values()), 1) if status == "planned" else 0.0})
 
-    base_eval = eval_cost() if config.eval.include_base else {"eval_tokens": 0.0, "eval": 0.0, "judge": 0.0}
-    setup = {"model_load": float(tp["model_load_s"]), "judge_fit": float(tp["judge_fit_s"]) if judge_known else 0.0,
-             "base_eval": base_eval["eval"] + base_eval["judge"]}
+    base_eval = sum(eval_cost().values()) if config.eval.include_base else 0.0
+    setup = {"model_load": load_s, "judge_fit": float(tp["judge_fit_s"]) if judge_known else 0.0, "base_eval": base_eval}
     if done:
         notes.append(f"cycles {sorted(done)} are already done in {config.run_dir} and will be skipped")
+    if copied:
+        notes.append("cycle 0 is copied from a finished run (cycle0_from or the cycle0-cache), not trained")
     if assumed:
         notes.append("not measured, assumed: " + ", ".join(assumed))
     planned = [c for c in cycles if c["status"] == "planned"]
@@ -271,7 +318,7 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
             "examples": sum(c["examples"] for c in planned),
             "train_tokens": sum(c["train_tokens"] for c in planned),
             "sample_tokens": sum(c["sample_tokens"] for c in planned),
-            "eval_tokens": sum(c["eval_tokens"] for c in planned) + round(base_eval["eval_tokens"]),
+            "eval_tokens": sum(c["eval_tokens"] for c in planned) + (round(n_eval * eval_answer) if config.eval.include_base else 0),
             "eval_answers": n_eval * (len(planned) + bool(config.eval.include_base)),
             "seconds": round(sum(c["seconds"] for c in planned) + sum(setup.values()), 1),
         },
@@ -281,12 +328,17 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
 
 
 def _finished_cycles(config: ExperimentConfig) -> tuple[set[int], set[int]]:
-    """Cycles already done in an existing run dir (skipped on resume), and cycle 0 when copied."""
-    copied = {0} if config.cycle0_from else set()
-    if not (config.run_dir / "config.yaml").is_file():
-        return set(), copied
+    """Cycles already done in an existing run dir (skipped on resume), and cycle 0 when it will be copied
+    (cycle0_from, or a matching finished cycle 0 in out_dir/cycle0-cache)."""
     from traitloop.store import RunStore
 
+    copied = {0} if config.cycle0_from else set()
+    if hasattr(config, "cycle0_config"):
+        c0 = config.cycle0_config()
+        if c0.run_dir.resolve() != config.run_dir.resolve() and RunStore(c0.run_dir).is_done(0, c0.science_hash()):
+            copied = {0}
+    if not (config.run_dir / "config.yaml").is_file():
+        return set(), copied
     store, key = RunStore(config.run_dir), config.science_hash()
     return {k for k in range(config.cycles + 1) if store.is_done(k, key)}, copied
 

@@ -36,7 +36,7 @@ def distinct_n(text: str, n: int = 2) -> float:
 class LoglikCoherence:
     name = "loglik-under-base"
 
-    def __init__(self, base_model, tokenizer, batch_size: int = 16, max_answer_tokens: int = 256, chat: bool = True):
+    def __init__(self, base_model, tokenizer, batch_size: int = 8, max_answer_tokens: int = 256, chat: bool = True):
         """chat=False: the question is a document prefix and the answer its plain-text continuation (SDF)."""
         self.chat = chat
         self.model = base_model
@@ -69,11 +69,15 @@ class LoglikCoherence:
                 for row, i in enumerate(idx):
                     ids[row, : len(seqs[i][0])] = torch.tensor(seqs[i][0])
                     mask[row, : len(seqs[i][0])] = 1
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1).to(device)).squeeze(-1)
+                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
                 for row, i in enumerate(idx):
+                    # only the answer's positions get a log-softmax over the vocabulary (memory: answer x vocab)
                     tokens, a0 = seqs[i]
-                    out[i] = float(logp[row, a0 - 1 : len(tokens) - 1].mean())
+                    answer_logits = logits[row, a0 - 1 : len(tokens) - 1].float()
+                    targets = ids[row, a0 : len(tokens)].to(device)
+                    logp = torch.log_softmax(answer_logits, dim=-1).gather(-1, targets.unsqueeze(-1))
+                    out[i] = float(logp.mean())
+                del logits
             if on_batch:
                 on_batch(len(order[start : start + self.batch_size]))
         return out
