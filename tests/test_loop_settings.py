@@ -153,3 +153,36 @@ def test_a_calibrated_cycle_0_is_reused_by_a_later_run(tiny_dir, tmp_path):
     assert cycles["0"]["adopted_from"] == str(trial.run_dir)
     same = (trial.run_dir / "cycle-000" / "eval.jsonl").read_bytes()
     assert (cfg.run_dir / "cycle-000" / "eval.jsonl").read_bytes() == same
+
+
+def test_vllm_backend_generates_with_the_right_adapter(tiny_dir, tmp_path, monkeypatch):
+    """generation.backend=vllm: data comes from cycle k-1's adapter, eval answers from cycle k's, DPO's
+    rejected side and the base eval from the served base (adapter None). The server is faked here;
+    tests/test_vllm_generation.py runs the real one."""
+    import traitloop.generation.vllm
+
+    calls = []
+
+    class FakeSampler:
+        def __init__(self, url, concurrency):
+            assert url == "http://vllm.test/v1" and concurrency == 32
+
+        def base_model(self):
+            return "tiny"
+
+        def generate(self, adapter, prompts, **params):
+            calls.append((None if adapter is None else adapter.parent.name, len(prompts), params["temperature"]))
+            return [" a generated answer that is comfortably longer than fifty characters, to be kept"] * len(prompts)
+
+    monkeypatch.setattr(traitloop.generation.vllm, "VllmSampler", FakeSampler)
+    cfg = config(tiny_dir, tmp_path, setting="dpo", cycles=1, generation={"backend": "vllm", "vllm_url": "http://vllm.test/v1"},
+                 eval={"include_base": True})
+    run(cfg)
+    assert calls == [
+        (None, 2, 0.7),  # base eval
+        (None, 4, 0.8),  # cycle 0: the base's rejected answers to the seed prompts
+        ("cycle-000", 2, 0.7),  # cycle 0 eval
+        ("cycle-000", 4, 0.8),  # cycle 1: chosen answers by the cycle 0 model
+        (None, 4, 0.8),  # cycle 1: rejected answers by the base
+        ("cycle-001", 2, 0.7),  # cycle 1 eval
+    ]

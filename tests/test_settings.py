@@ -198,3 +198,11 @@ def test_every_example_config_is_valid():
     assert len(paths) >= 15
     settings = {(load_config(p).setting, load_config(p).init) for p in paths}
     assert settings >= {(s, i) for s in ("sft", "sdf", "dpo") for i in ("reset", "continual")}
+
+
+def test_vllm_backend_needs_a_url_and_the_url_is_not_science():
+    with pytest.raises(UserError, match="vllm_url"):
+        build_config({"generation": {"backend": "vllm"}})
+    a = build_config({"generation": {"backend": "vllm", "vllm_url": "http://a:8000/v1"}})
+    b = build_config({"generation": {"backend": "vllm", "vllm_url": "http://b:9000/v1", "concurrency": 4}})
+    assert a.science_hash() == b.science_hash() != build_config({}).science_hash()

@@ -51,6 +51,24 @@ class SamplingConfig(_Section):
     batch_size: int = Field(16, ge=1, description="Prompts per generate() call (length-sorted).")
 
 
+class GenerationConfig(_Section):
+    """Which engine samples training data and eval answers."""
+
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="hf: transformers generate() in this process; vllm: a running vLLM OpenAI-compatible server "
+        "with LoRA enabled (each cycle's adapter is loaded into it at run time; for GPUs).",
+    )
+    vllm_url: str | None = Field(None, description="vllm: the server's base URL, e.g. http://127.0.0.1:8000/v1.")
+    concurrency: int = Field(32, ge=1, description="vllm: requests in flight at once.")
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> GenerationConfig:
+        if self.backend == "vllm" and not self.vllm_url:
+            raise ValueError("generation.backend=vllm needs generation.vllm_url (the server's /v1 URL)")
+        return self
+
+
 class LoraConfig(_Section):
     r: int = Field(16, ge=1, description="LoRA rank (PROTOCOL: 16).")
     alpha: int = Field(32, ge=1, description="LoRA alpha.")
@@ -202,6 +220,7 @@ class ExperimentConfig(_Section):
     )
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -242,6 +261,8 @@ class ExperimentConfig(_Section):
         d = self.model_dump(mode="json")
         for where in ("out_dir", "name", "cycle0_from"):  # where things are, not what they are
             d.pop(where)
+        d["generation"].pop("vllm_url")
+        d["generation"].pop("concurrency")
         return d
 
     def condition_dict(self) -> dict[str, Any]:

@@ -68,6 +68,11 @@ class Experiment:
             manifest["coherence"] = LoglikCoherence.name
             self.store.write_manifest(manifest)
             self.coherence = LoglikCoherence(self.base, self.tokenizer, chat=cfg.setting != "sdf")
+            if cfg.generation.backend == "vllm":
+                from traitloop.generation.vllm import VllmSampler
+
+                self.vllm = VllmSampler(cfg.generation.vllm_url, concurrency=cfg.generation.concurrency)
+                self.reporter.log(f"generation: vLLM server {cfg.generation.vllm_url} serving {self.vllm.base_model()}")
 
             base_metrics = self.evaluate_base() if cfg.eval.include_base else None
             rows: list[dict[str, Any]] = []
@@ -146,7 +151,7 @@ class Experiment:
             if k == 0:
                 rows, counts = self.make_data(0, None), {}
             else:
-                new_rows = self.make_data(k, previous_model or self._cycle_model(k - 1))
+                new_rows = self.make_data(k, previous_model)
                 new_rows, dropped = self.coherence_filter(k, new_rows)
                 rows, counts = data_policy.combine(
                     new_rows, store.read_rows(k - 1, "data"), self.seed_rows_for_mixing(), cfg.data, derive_seed(cfg.seed, k, "mix")
@@ -165,7 +170,7 @@ class Experiment:
         data = store.read_rows(k, "data")
 
         if store.has(k, "adapter"):
-            model = self._cycle_model(k)
+            model = None  # loaded from disk only if this cycle still has to generate with it
         else:
             t0 = time.time()
             seed = derive_seed(cfg.seed, k, "train")
@@ -195,7 +200,7 @@ class Experiment:
             f"cycle {k}: trait {metrics['trait_mean']:.1f} [{metrics['trait_ci_low']:.1f}, {metrics['trait_ci_high']:.1f}]"
             f"  coherence {metrics['coherence_mean']:.3f}  ({metrics['n_answers']} answers)"
         )
-        return model
+        return model if cfg.generation.backend == "hf" else None  # the next cycle samples from it
 
     # ---- the answers and eval stages, shared by every cycle and by the untrained base ------------
     def evaluate(self, k: int, model) -> None:
@@ -207,17 +212,11 @@ class Experiment:
         if not store.has(k, "answers"):
             t0 = time.time()
             seed = derive_seed(cfg.seed, k, "eval")
-            with self.reporter.step(f"{label}: answering eval questions", total=len(items)) as advance:
-                answers = generate(
-                    model,
-                    self.tokenizer,
-                    self.eval_prompts(items),
-                    temperature=cfg.eval.temperature,
-                    max_new_tokens=cfg.eval.max_new_tokens,
-                    batch_size=cfg.eval.batch_size,
-                    seed=seed,
-                    on_batch=advance,
-                )
+            e = cfg.eval
+            answers = self.generate(
+                k, model, self.eval_prompts(items), seed, f"{label}: answering eval questions",
+                temperature=e.temperature, top_p=1.0, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+            )
             store.write_rows(k, "answers", [{**it, "answer": a} for it, a in zip(items, answers)])
             store.record_stage(k, "answers", time.time() - t0, seed)
 
@@ -302,14 +301,15 @@ class Experiment:
 
     # ---- making a cycle's training data --------------------------------------------------------
     def make_data(self, k: int, previous) -> list[dict[str, Any]]:
-        """Cycle 0: the seed data. Cycle k: the cycle k-1 model (`previous`) writes it."""
+        """Cycle 0: the seed data. Cycle k: the cycle k-1 model writes it (`previous`: that model if it is
+        still in memory, else None and it is loaded when needed)."""
         cfg = self.config
         if k == 0 and cfg.setting != "dpo":
             return self.seed_data()
         seed = derive_seed(cfg.seed, k, "data")
         if cfg.setting == "sdf":
             openers = cycle_prompts(self.pool, k, cfg.n_sampled, cfg.seed)
-            continuations = self.sample(previous, openers, seed, f"cycle {k}: continuing {len(openers)} document openers")
+            continuations = self.sample(k - 1, previous, openers, seed, f"cycle {k}: continuing {len(openers)} document openers")
             return sdf.generated_rows(openers, continuations, k)
         if cfg.setting == "dpo":
             if k == 0:
@@ -317,29 +317,33 @@ class Experiment:
                 prompts, chosen, source = [r["prompt"] for r in seed_rows], [r["chosen"] for r in seed_rows], "seed"
             else:
                 prompts = dpo.fresh_prompts(cycle_prompts(self.pool, k, cfg.n_sampled, cfg.seed))
-                chosen = self.sample(previous, prompts, seed, f"cycle {k}: sampling chosen answers (cycle {k - 1} model)")
+                chosen = self.sample(k - 1, previous, prompts, seed, f"cycle {k}: sampling chosen answers (cycle {k - 1} model)")
                 source = f"cycle-{k - 1:03d}"
             rejected = self.base_answers(prompts, derive_seed(cfg.seed, k, "rejected"))
             return dpo.pair_rows(prompts, chosen, rejected, source)
         questions = cycle_prompts(self.pool, k, cfg.n_sampled, cfg.seed)
-        answers = self.sample(previous, [sft.user_turn(q) for q in questions], seed, f"cycle {k}: sampling training data")
+        answers = self.sample(k - 1, previous, [sft.user_turn(q) for q in questions], seed, f"cycle {k}: sampling training data")
         return sft.generated_rows(questions, answers, k)
 
-    def sample(self, model, prompts: list, seed: int, label: str) -> list[str]:
-        """One answer (or continuation) per prompt at the data-sampling temperature."""
+    def sample(self, k: int, model, prompts: list, seed: int, label: str) -> list[str]:
+        """Cycle k's model (k = BASE: the untrained base) writes one answer or continuation per prompt
+        at the data-sampling temperature."""
         s = self.config.sampling
+        return self.generate(
+            k, model, prompts, seed, label, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size
+        )
+
+    def generate(self, k: int, model, prompts: list, seed: int, label: str, **params) -> list[str]:
+        """Generation by cycle k's model with the configured backend: transformers on `model` (loaded
+        from disk when None), or the vLLM server with cycle k's adapter (the served base for BASE)."""
+        batch_size = params.pop("batch_size")
         with self.reporter.step(label, total=len(prompts)) as advance:
-            return generate(
-                model,
-                self.tokenizer,
-                prompts,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                max_new_tokens=s.max_new_tokens,
-                batch_size=s.batch_size,
-                seed=seed,
-                on_batch=advance,
-            )
+            if self.config.generation.backend == "vllm":
+                adapter = None if k == BASE else self.store.stage_path(k, "adapter")
+                return self.vllm.generate(adapter, prompts, seed=seed, on_batch=advance, **params)
+            if model is None:
+                model = self.base if k == BASE else self._cycle_model(k)
+            return generate(model, self.tokenizer, prompts, batch_size=batch_size, seed=seed, on_batch=advance, **params)
 
     def base_answers(self, prompts: list, seed: int) -> list[str]:
         """The original base model's answers (DPO's rejected side), sampled once per prompt and cached in
@@ -348,7 +352,7 @@ class Experiment:
         cache = {r["key"]: r["answer"] for r in read_jsonl(path)} if path.is_file() else {}
         missing = [p for p in prompts if dpo.prompt_key(p) not in cache]
         if missing:
-            answers = self.sample(self.base, missing, seed, f"base model: sampling {len(missing)} rejected answers")
+            answers = self.sample(BASE, self.base, missing, seed, f"base model: sampling {len(missing)} rejected answers")
             cache.update({dpo.prompt_key(p): a for p, a in zip(missing, answers)})
             path.parent.mkdir(parents=True, exist_ok=True)
             write_jsonl(path, [{"key": key, "answer": a} for key, a in cache.items()])

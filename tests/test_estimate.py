@@ -1,0 +1,135 @@
+"""`traitloop run --dry-run` and traitloop.estimate: work counts and time scale as they should, and a dry
+run prints a table and writes nothing. No model is loaded (throughput comes from a dict or a file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers.cli import run_cli
+from traitloop import estimate as est
+from traitloop.config import build_config
+
+ROOT = Path(__file__).resolve().parent.parent
+THROUGHPUT = {
+    "model_ref": "embedded:smollm2-135m-instruct",
+    "params": 134_515_008,
+    "sample_tokens_per_s": {"16": 100.0, "24": 120.0},
+    "answer_fill": 0.5,
+    "train_tokens_per_s": 200.0,
+    "judge_answers_per_s": 40.0,
+    "judge_fit_s": 5.0,
+    "coherence_tokens_per_s": 2000.0,
+    "model_load_s": 0.5,
+    "chars_per_token": 4.0,
+    "template_tokens": 31,
+    "source": "test",
+    "measured_at": "2026-01-01 00:00",
+}
+
+
+def config(**overrides):
+    data = {"name": "t", "out_dir": "/nonexistent-traitloop-test", "trait": "bliss", "n_seed": 20, "n_sampled": 10,
+            "cycles": 2, "eval": {"questions": 4, "samples_per_question": 2}}
+    return build_config({**data, **overrides})
+
+
+def scaled(throughput: dict, factor: float) -> dict:
+    rates = ("train_tokens_per_s", "judge_answers_per_s", "coherence_tokens_per_s")
+    out = {**throughput, **{k: throughput[k] * factor for k in rates}}
+    out["sample_tokens_per_s"] = {b: r * factor for b, r in throughput["sample_tokens_per_s"].items()}
+    out["model_load_s"] = throughput["model_load_s"] / factor
+    out["judge_fit_s"] = throughput["judge_fit_s"] / factor
+    return out
+
+
+def test_counts_follow_the_config():
+    e = est.estimate(config(), THROUGHPUT)
+    assert e["cycles"] == 3 and e["cycles_to_run"] == 3
+    assert e["examples_per_cycle"] == [20, 10, 10]
+    assert [c["sample_tokens"] for c in e["per_cycle"]] == [0, 10 * 256 * 0.5, 10 * 256 * 0.5]
+    assert e["totals"]["eval_answers"] == 4 * 2 * 4  # three cycles + the base
+    assert all(c["status"] == "planned" for c in e["per_cycle"])
+
+
+def test_tokens_and_time_scale_with_cycles_and_n_sampled():
+    small, more_cycles = est.estimate(config(cycles=2), THROUGHPUT), est.estimate(config(cycles=4), THROUGHPUT)
+    assert more_cycles["totals"]["sample_tokens"] == 2 * small["totals"]["sample_tokens"]
+    later = lambda e: sum(c["seconds"] for c in e["per_cycle"][1:])  # noqa: E731
+    assert later(more_cycles) == pytest.approx(2 * later(small), rel=1e-3)
+
+    double = est.estimate(config(n_sampled=20), THROUGHPUT)
+    for a, b in zip(small["per_cycle"][1:], double["per_cycle"][1:]):
+        assert b["sample_tokens"] == 2 * a["sample_tokens"]
+        assert b["train_tokens"] == pytest.approx(2 * a["train_tokens"], abs=1)
+        assert b["stages_s"]["sampling"] == pytest.approx(2 * a["stages_s"]["sampling"], rel=1e-2)
+    assert double["per_cycle"][0] == small["per_cycle"][0]  # cycle 0 trains on the seed data either way
+
+
+def test_time_is_inverse_to_throughput():
+    slow, fast = est.estimate(config(), THROUGHPUT), est.estimate(config(), scaled(THROUGHPUT, 2.0))
+    assert fast["totals"]["seconds"] == pytest.approx(slow["totals"]["seconds"] / 2, rel=1e-2)
+    assert fast["totals"]["train_tokens"] == slow["totals"]["train_tokens"]
+
+
+def test_batch_size_picks_the_nearest_measured_rate():
+    at16 = est.estimate(config(sampling={"batch_size": 16}), THROUGHPUT)
+    at24 = est.estimate(config(sampling={"batch_size": 24}), THROUGHPUT)
+    assert at24["per_cycle"][1]["stages_s"]["sampling"] < at16["per_cycle"][1]["stages_s"]["sampling"]
+    at64 = est.estimate(config(sampling={"batch_size": 64}), THROUGHPUT)
+    assert any("batch 64 uses the rate measured at batch 24" in n for n in at64["notes"])
+
+
+def test_accumulate_and_mix_seed_add_examples():
+    e = est.estimate(config(cycles=3, data={"policy": "accumulate", "mix_seed": 4}), THROUGHPUT)
+    assert e["examples_per_cycle"] == [20, 14, 24, 34]
+
+
+def test_unmeasured_settings_say_so():
+    dpo = est.estimate(config(setting="dpo"), THROUGHPUT)
+    assert any("SFT per-token rate" in n for n in dpo["notes"])
+    assert dpo["per_cycle"][0]["sample_tokens"] > 0  # the base's rejected answers to the seed prompts
+    sft = est.estimate(config(), THROUGHPUT)
+    assert dpo["per_cycle"][1]["sample_tokens"] == 2 * sft["per_cycle"][1]["sample_tokens"]
+    measured = est.estimate(config(setting="dpo"), {**THROUGHPUT, "dpo_train_tokens_per_s": 50.0})
+    assert not any("SFT per-token rate" in n for n in measured["notes"])
+
+
+def test_missing_figures_are_reported_as_assumed():
+    partial = {k: v for k, v in THROUGHPUT.items() if k not in ("judge_answers_per_s", "judge_fit_s")}
+    e = est.estimate(config(), partial)
+    assert any("assumed: judge_answers_per_s, judge_fit_s" in n for n in e["notes"])
+
+
+def test_missing_throughput_file_is_measured_once_and_saved(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAITLOOP_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(est, "measure_throughput", lambda log=print: calls.append(1) or dict(THROUGHPUT))
+    est.estimate(config())
+    est.estimate(config())
+    assert calls == [1]
+    assert json.loads((tmp_path / "throughput.json").read_text())["train_tokens_per_s"] == 200.0
+
+
+def test_param_count_from_safetensors_header(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, str(tmp_path / "model.safetensors"))
+    assert est._count_params(str(tmp_path)) == 17
+
+
+def test_cli_dry_run_prints_a_table_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "throughput.json").write_text(json.dumps(THROUGHPUT))
+    monkeypatch.setenv("TRAITLOOP_CACHE", str(cache))
+    name = next(p for p in ("configs/sft-bliss-smollm2.yaml", "configs/sft-reset-bliss-smollm2.yaml") if (ROOT / p).is_file())
+    out = tmp_path / "runs"
+    code, text = run_cli(["run", str(ROOT / name), "--dry-run", "--out", str(out)], monkeypatch, capsys)
+    assert code == 0, text
+    assert "dry run" in text and "total (7 of 7 cycles)" in text
+    assert not out.exists()
+    assert sorted(p.name for p in cache.iterdir()) == ["throughput.json"]
