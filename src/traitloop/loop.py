@@ -191,7 +191,9 @@ class Experiment:
         self.evaluate(k, model)
 
         metrics = self._summarise(k, store.read_rows(k, "eval"), n_train=len(data))
-        usage = store.manifest().get("cycles", {}).get(str(k), {}).get("judge_usage")
+        record = store.manifest().get("cycles", {}).get(str(k), {})
+        metrics["n_dropped_coherence"] = record.get("n_dropped_coherence", 0)  # data.min_coherence's toll
+        usage = record.get("judge_usage")
         if usage:  # LLM judges: requests, cache hits, tokens and estimated cost of this cycle
             metrics["judge_usage"] = usage
         store.commit_cycle(k, metrics, self.config_hash)

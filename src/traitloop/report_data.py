@@ -31,7 +31,7 @@ from traitloop.analysis import Criteria, classify, idempotence, replicated_verdi
 from traitloop.errors import UserError
 from traitloop.jsonl import read_jsonl
 
-INT_COLUMNS = {"cycle", "n_answers", "n_trait_scored", "n_train_examples"}
+INT_COLUMNS = {"cycle", "n_answers", "n_trait_scored", "n_train_examples", "n_dropped_coherence"}
 NOT_SCIENCE = {"seed", "name", "out_dir", "cycle0_from"}  # runs differing only in these belong to one condition
 MAX_LABEL_KEYS = 3  # a condition label names at most this many differing config keys
 
@@ -416,7 +416,8 @@ def score_rows(run: Run) -> list[list[str]]:
                 num(r.get("repetition_mean"), 3),
                 num(r.get("distinct2_mean"), 3),
                 num(r.get("n_answers"), 0),
-                num(r.get("n_train_examples"), 0),
+                num(r.get("n_train_examples"), 0)
+                + (f" ({num(r.get('n_dropped_coherence'), 0)} dropped by the coherence filter)" if r.get("n_dropped_coherence") else ""),
             ]
         )
     return rows

@@ -47,6 +47,7 @@ SCORES_COLUMNS = [
     "n_answers",
     "n_trait_scored",
     "n_train_examples",
+    "n_dropped_coherence",
 ]
 
 
