@@ -206,3 +206,20 @@ def test_vllm_backend_needs_a_url_and_the_url_is_not_science():
     a = build_config({"generation": {"backend": "vllm", "vllm_url": "http://a:8000/v1"}})
     b = build_config({"generation": {"backend": "vllm", "vllm_url": "http://b:9000/v1", "concurrency": 4}})
     assert a.science_hash() == b.science_hash() != build_config({}).science_hash()
+
+
+def test_calibration_uses_a_smaller_measured_n_seed_when_the_score_is_not_monotone(monkeypatch, tmp_path):
+    import traitloop.loop
+
+    class Bumpy(FakeExperiment):
+        def run(self):
+            n = self.config.n_seed
+            score = {2: 30.0, 4: 35.0, 8: 45.0, 16: 70.0, 32: 50.0, 64: 52.0, 128: 55.0}[n]
+            return [{"trait_mean": score, "trait_ci_low": score - 1, "trait_ci_high": score + 1, "coherence_mean": -1.5}]
+
+    monkeypatch.setattr(traitloop.loop, "Experiment", Bumpy)
+    record = calibration.calibrate(build_config({"out_dir": str(tmp_path)}), [40, 60], [2, 4, 8, 16, 32, 64, 128])
+    # target 40: 128 -> 16 -> 4 -> 8; target 60: 128 (55) fails, but 16 (70) was measured and reaches it
+    assert record["n_seed_for_target"] == {"40": 8, "60": 16}
+    assert any("n_seed=16" in w for w in record["warnings"])
+    assert any("score fell" in w for w in record["warnings"])

@@ -62,18 +62,26 @@ def calibrate(config: ExperimentConfig, targets: list[float], grid: list[int], o
         return measured[n]["trait_mean"]
 
     found: dict[str, int | None] = {}
+    notes: list[str] = []
     for target in sorted(targets):
         lo, hi = 0, len(usable) - 1
-        if score(usable[hi]) < target:
-            found[f"{target:g}"] = None  # not reached even with the most seed data
-            continue
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if score(usable[mid]) >= target:
-                hi = mid
-            else:
-                lo = mid + 1
-        found[f"{target:g}"] = usable[lo]
+        if score(usable[hi]) >= target:
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if score(usable[mid]) >= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            answer: int | None = usable[lo]
+        else:
+            answer = None  # not reached with the most seed data...
+        # ...but the score need not rise with n_seed: a smaller n_seed measured for another target may reach it
+        reached = [n for n, m in measured.items() if m["trait_mean"] >= target]
+        if reached and (answer is None or min(reached) < answer):
+            notes.append(f"target {target:g}: the search's answer was {answer}, but n_seed={min(reached)} (measured "
+                         "for another target) reaches it; that smaller n_seed is reported")
+            answer = min(reached)
+        found[f"{target:g}"] = answer
 
     points = [measured[n] for n in sorted(measured)]
     warnings = [
@@ -81,7 +89,7 @@ def calibrate(config: ExperimentConfig, targets: list[float], grid: list[int], o
         "the binary search assumes it rises; treat the nearby answers with care"
         for a, b in zip(points, points[1:])
         if b["trait_mean"] < a["trait_mean"] - max(0.0, (a["trait_ci_high"] - a["trait_ci_low"]) / 2)
-    ]
+    ] + notes
     record = {
         "config": config.model_dump(mode="json"),
         "targets": [float(t) for t in sorted(targets)],
