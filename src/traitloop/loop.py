@@ -76,14 +76,17 @@ class Experiment:
 
             base_metrics = self.evaluate_base() if cfg.eval.include_base else None
             rows: list[dict[str, Any]] = []
-            model = None  # the latest cycle's model, kept in memory for the next cycle's sampling
+            # The latest cycle's model stays in memory for the next cycle's sampling, and only until then:
+            # run_cycle drops it before training, so at most two models (frozen base + training copy) coexist.
+            self.latest_model = None
             for k in range(cfg.cycles + 1):
                 if self.store.is_done(k, self.config_hash):
                     self.reporter.log(f"cycle {k}: already done, skipped")
-                    model = None
+                    self.latest_model = None
                 else:
-                    model = self.run_cycle(k, model)
+                    self.run_cycle(k)
                 rows.append(self.store.metrics(k))
+            self.latest_model = None
         self.store.write_scores(rows)
         plot_trait_coherence(rows, self.store.root / "figures" / "trait_coherence.png", self.title(), base=base_metrics)
         self.base_metrics = base_metrics
@@ -138,7 +141,7 @@ class Experiment:
         return f"{c.setting.upper()} / {self.trait.name} / {c.init} / {c.model.ref} (n_seed={c.n_seed}, n_sampled={c.n_sampled})"
 
     # ---- one cycle ------------------------------------------------------------------------------
-    def run_cycle(self, k: int, previous_model):
+    def run_cycle(self, k: int) -> None:
         cfg, store = self.config, self.store
         started = time.time()
 
@@ -151,7 +154,7 @@ class Experiment:
             if k == 0:
                 rows, counts = self.make_data(0, None), {}
             else:
-                new_rows = self.make_data(k, previous_model)
+                new_rows = self.make_data(k, self.latest_model)
                 new_rows, dropped = self.coherence_filter(k, new_rows)
                 rows, counts = data_policy.combine(
                     new_rows, store.read_rows(k - 1, "data"), self.seed_rows_for_mixing(), cfg.data, derive_seed(cfg.seed, k, "mix")
@@ -165,7 +168,7 @@ class Experiment:
                     )
             store.write_rows(k, "data", rows)
             store.record_stage(k, "data", time.time() - t0, derive_seed(cfg.seed, k, "data"), n_train_examples=len(rows), **counts)
-        previous_model = None
+        self.latest_model = None  # cycle k-1's model is not needed any more
         gc.collect()
         data = store.read_rows(k, "data")
 
@@ -202,7 +205,7 @@ class Experiment:
             f"cycle {k}: trait {metrics['trait_mean']:.1f} [{metrics['trait_ci_low']:.1f}, {metrics['trait_ci_high']:.1f}]"
             f"  coherence {metrics['coherence_mean']:.3f}  ({metrics['n_answers']} answers)"
         )
-        return model if cfg.generation.backend == "hf" else None  # the next cycle samples from it
+        self.latest_model = model if cfg.generation.backend == "hf" else None  # the next cycle samples from it
 
     # ---- the answers and eval stages, shared by every cycle and by the untrained base ------------
     def evaluate(self, k: int, model) -> None:
