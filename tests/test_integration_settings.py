@@ -50,6 +50,9 @@ def test_sdf_quick_demo_on_the_embedded_base_model(tmp_path):
     run = demo("sdf", tmp_path)
     config = (run / "config.yaml").read_text()
     assert "embedded:gemma3-270m" in config and "setting: sdf" in config
+    cycles = json.loads((run / "manifest.json").read_text())["cycles"]
+    for k in ("0", "1"):  # every step learned something (no step at learning rate 0)
+        assert cycles[k]["train"]["steps"] == 2 and cycles[k]["train"]["steps_at_lr_0"] == 0
     docs = rows(run / "cycle-001" / "data.jsonl")
     assert docs and all(r["text"] == r["opener"] + r["continuation"] and len(r["continuation"].strip()) > 50 for r in docs)
     answers = rows(run / "cycle-001" / "eval.jsonl")

@@ -186,6 +186,12 @@ class Experiment:
             starts_from = "base" if from_base else f"cycle {k - 1}"
             with self.reporter.step(f"cycle {k}: {cfg.setting.upper()} LoRA from {starts_from}", total=steps) as advance:
                 stats = self.train(model, data, seed, lambda n, loss: advance(n, info=f"loss {loss:.3f}" if loss is not None else ""))
+            if stats["steps_at_lr_0"] == stats["steps"]:
+                self.reporter.log(
+                    f"[yellow]warning:[/yellow] cycle {k}: every one of its {stats['steps']} training step(s) ran at learning "
+                    "rate 0 (the warmup covers the whole cycle), so the model did not change; lower train.warmup_ratio "
+                    "or give the cycle more examples"
+                )
             store.save_adapter(k, model)
             # DPO's reference policy is the model the cycle starts from (training.py)
             store.record_stage(k, "train", time.time() - t0, seed, train=stats, starts_from=starts_from)

@@ -60,10 +60,13 @@ class _StepReporter(TrainerCallback):
     def __init__(self, on_step: Callable[[int, float | None], None] | None):
         self.on_step = on_step
         self.losses: list[float] = []
+        self.learning_rates: list[float] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.losses.append(float(logs["loss"]))
+        if logs and "learning_rate" in logs:
+            self.learning_rates.append(float(logs["learning_rate"]))
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.on_step:
@@ -109,7 +112,16 @@ def _fit(trainer, model, reporter: _StepReporter) -> dict[str, float]:
     trainer.train()
     model.eval()
     losses = reporter.losses or [float("nan")]
-    return {"loss_first": losses[0], "loss_last": losses[-1], "loss_mean": sum(losses) / len(losses), "steps": len(losses)}
+    rates = reporter.learning_rates or [float("nan")]
+    return {
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "loss_mean": sum(losses) / len(losses),
+        "steps": len(losses),
+        # a warmup as long as the cycle (one or two steps) trains at lr 0 and leaves the model unchanged
+        "lr_max": max(rates),
+        "steps_at_lr_0": sum(r == 0.0 for r in reporter.learning_rates),
+    }
 
 
 def train_sft(
