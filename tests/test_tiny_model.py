@@ -286,6 +286,7 @@ def test_train_sft_updates_lora_only_and_masks_prompts(tokenizer, monkeypatch):
     for key in ("loss_first", "loss_last", "loss_mean"):
         assert math.isfinite(stats[key]) and stats[key] > 0
     assert [n for n, _ in steps] == [1, 1]
+    assert steps[0][1] == pytest.approx(stats["loss_first"]) and steps[1][1] == pytest.approx(stats["loss_last"])  # each step's own loss
     assert not model.training
 
     # LoRA weights moved; the base weights did not.

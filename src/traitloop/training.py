@@ -63,14 +63,14 @@ class _StepReporter(TrainerCallback):
         self.learning_rates: list[float] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.losses.append(float(logs["loss"]))
+        # logging_steps=1: one log per optimizer step, after it (on_step_end would come before the log,
+        # and show the previous step's loss)
         if logs and "learning_rate" in logs:
             self.learning_rates.append(float(logs["learning_rate"]))
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.on_step:
-            self.on_step(1, self.losses[-1] if self.losses else None)
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+            if self.on_step:
+                self.on_step(1, self.losses[-1])
 
 
 def num_steps(n_examples: int, train: TrainConfig) -> int:
