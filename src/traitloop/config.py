@@ -59,6 +59,12 @@ class GenerationConfig(_Section):
         description="hf: transformers generate() in this process; vllm: a running vLLM OpenAI-compatible server "
         "with LoRA enabled (each cycle's adapter is loaded into it at run time; for GPUs).",
     )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="hf: dtype of the sampling copy of each model (its adapter merged in fp32 first). auto = bfloat16 "
+        "where the hardware computes it natively (CPUs with AMX / AVX512-BF16, bf16 GPUs; 1.7x faster sampling "
+        "here, trait scores unchanged within noise), else float32. Training and coherence stay in model.dtype.",
+    )
     vllm_url: str | None = Field(None, description="vllm: the server's base URL, e.g. http://127.0.0.1:8000/v1.")
     concurrency: int = Field(32, ge=1, description="vllm: requests in flight at once.")
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,8 @@ KNOWN_SETTINGS = {"sft"}  # settings whose costs the bench measures; others use 
 # Used where throughput.json lacks a figure (the micro-measurement does not fit the probe judge).
 ASSUMED = {
     "judge_answers_per_s": 20.0,
-    "judge_fit_s": 15.0,
-    "coherence_tokens_per_s": 1500.0,
+    "judge_fit_s": 10.0,
+    "coherence_tokens_per_s": 500.0,
     "model_load_s": 1.0,
     "answer_fill": 0.8,
     "chars_per_token": 4.0,
@@ -252,6 +253,9 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
         else:
             notes.append(f"throughput measured on {tp.get('model_ref')}; the size of {config.model.ref} is unknown "
                          "here (not on disk yet), so its rates are taken as equal: too low an estimate for a larger model")
+    if tp.get("threads") and tp["threads"] != os.cpu_count():
+        notes.append(f"throughput was measured with {tp['threads']} torch thread(s); a run uses {os.cpu_count()} unless "
+                     "OMP_NUM_THREADS says otherwise (faster on an idle machine, much slower on a busy one)")
     if config.model.dtype != "float32":
         notes.append(f"model.dtype={config.model.dtype}: rates were measured in float32")
     sample_rate = _sample_rate(tp, config.sampling.batch_size, notes) * scale
@@ -260,6 +264,11 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
     coherence_rate = float(tp["coherence_tokens_per_s"]) * scale
     load_s = float(tp["model_load_s"]) / scale
 
+    measured_at = tp.get("sample_max_new_tokens")
+    longest = max(config.sampling.max_new_tokens, config.eval.max_new_tokens)
+    if measured_at and longest > measured_at:
+        notes.append(f"answers are taken to fill {tp['answer_fill']:.0%} of max_new_tokens, as measured at {measured_at} "
+                     f"tokens; at {longest} more of them stop early, so tokens and time may be overestimated")
     shape = _shape(config, tp)
     n_eval = shape["eval_items"] * config.eval.samples_per_question
     eval_answer = config.eval.max_new_tokens * tp["answer_fill"]
