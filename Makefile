@@ -50,3 +50,9 @@ test: $(STAMP) $(VLLM_STAMP) browser
 
 test-gpu: $(STAMP)
 	$(VENV)/bin/pytest -m gpu -q
+
+# Benchmarks against a plain transformers + TRL pipeline and this machine's peak (BENCHMARKS.md).
+# .PHONY because the bench/ directory would otherwise make the target look up to date.
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) -m bench

@@ -1,0 +1,1 @@
+"""traitloop benchmarks (issue #7): `python -m bench [--quick]`. See BENCHMARKS.md."""
