@@ -363,17 +363,14 @@ class Experiment:
         """The copy of cycle k's model that samples (generation.dtype): its adapter merged into the weights
         in full precision, then cast (bf16 sampling is 1.7x faster on this CPU; BENCHMARKS.md). The frozen
         base keeps its precision for coherence scoring, so the base samples from a cast copy of it."""
-        import copy
-
         import torch
 
         dtype = generation_dtype(self.config)
         if next(model.parameters()).dtype == dtype:
             return model
-        if k == BASE:
-            if getattr(self, "_base_for_generation", None) is None:
-                self._base_for_generation = copy.deepcopy(self.base).to(dtype).eval()
-            return self._base_for_generation
+        if k == BASE:  # loaded in that dtype from the cache (< 1 s) and dropped after use: not kept in memory
+            m = self.config.model
+            return models.load_model(m.ref, str(dtype).removeprefix("torch."), m.trust_remote_code)[0]
         if hasattr(model, "merge_and_unload"):  # a PeftModel: merge B @ A into W in full precision, then cast
             model = model.merge_and_unload()
         return model.to(dtype).eval() if dtype != torch.float32 else model.eval()
