@@ -133,3 +133,11 @@ def test_cli_dry_run_prints_a_table_and_writes_nothing(tmp_path, monkeypatch, ca
     assert "dry run" in text and "total (7 of 7 cycles)" in text
     assert not out.exists()
     assert sorted(p.name for p in cache.iterdir()) == ["throughput.json"]
+
+
+def test_bf16_sampling_uses_the_measured_gain():
+    with_gain = {**THROUGHPUT, "sample_bf16_speedup": 2.0}
+    fp32 = est.estimate(config(generation={"dtype": "float32"}), with_gain)
+    bf16 = est.estimate(config(generation={"dtype": "bfloat16"}), with_gain)
+    assert bf16["per_cycle"][1]["stages_s"]["sampling"] == pytest.approx(fp32["per_cycle"][1]["stages_s"]["sampling"] / 2, rel=1e-2)
+    assert bf16["per_cycle"][1]["sample_tokens"] == fp32["per_cycle"][1]["sample_tokens"]

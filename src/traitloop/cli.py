@@ -69,7 +69,7 @@ def run(
     set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set train.learning_rate=1e-4")] = [],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Parent directory for the run (overrides out_dir).")] = None,
     force: Annotated[bool, typer.Option(help="If the run dir holds a run with another config, move it aside and start anew.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned cycles, examples, tokens and estimated wall time; run and write nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned cycles, examples, tokens and estimated wall time; run nothing, write no run directory.")] = False,
 ) -> None:
     """Run (or resume) one experiment. Rerunning the same command resumes where it stopped."""
     overrides = list(set_) + ([f"out_dir={out_dir}"] if out_dir else [])

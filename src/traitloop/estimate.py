@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -88,51 +87,55 @@ def tokenizer_figures(tokenizer, chats: list[list[dict[str, str]]]) -> dict[str,
 
 
 def measure_throughput(log=print) -> dict[str, Any]:
-    """~20 s on 2 cores: a few generate steps and two training steps on the embedded model."""
+    """~20 s on an idle 2-core machine (longer on a busy one): a few generate steps in fp32 and bf16,
+    one coherence pass and two training steps on the embedded model, with the torch threads a run uses."""
     import torch
 
     from traitloop.config import LoraConfig, TrainConfig
     from traitloop.generation.hf import generate
+    from traitloop.judges.coherence import LoglikCoherence
     from traitloop.models import load_model
     from traitloop.prompts import advice_pool
     from traitloop.traits import load_trait
     from traitloop.training import attach_adapter, train_sft
 
     log("measuring this machine's throughput once (about 20 s; `python -m bench` measures it properly) ...")
+    n_tokens = lambda texts: sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts)  # noqa: E731
     t0 = time.perf_counter()
     model, tok = load_model(MEASURED_MODEL)
     load_s = time.perf_counter() - t0
-    chats = load_trait("bliss").seed_chats[:4]
-    figures = tokenizer_figures(tok, chats)
     questions, new_tokens = list(advice_pool()[:16]), 16
-    t0 = time.perf_counter()
-    answers = generate(model, tok, [[{"role": "user", "content": q}] for q in questions], temperature=0.8,
-                       max_new_tokens=new_tokens, batch_size=16, seed=0)
-    sample_s = time.perf_counter() - t0
-    generated = sum(len(tok(a, add_special_tokens=False).input_ids) for a in answers)
-    train = TrainConfig(batch_size=2)
-    texts = [tok.apply_chat_template(c, tokenize=False) for c in chats]
-    train_tokens = sum(min(len(tok(t, add_special_tokens=False).input_ids), train.max_length) for t in texts)
-    t0 = time.perf_counter()
-    train_sft(attach_adapter(load_model(MEASURED_MODEL)[0], LoraConfig()), tok, chats, train, seed=0)
-    train_s = time.perf_counter() - t0  # includes the trainer's setup: a pessimistic figure
-    from traitloop.judges.coherence import LoglikCoherence
+    turns = [[{"role": "user", "content": q}] for q in questions]
 
+    def sample_rate(m) -> tuple[float, list[str]]:
+        t0 = time.perf_counter()
+        answers = generate(m, tok, turns, temperature=0.8, max_new_tokens=new_tokens, batch_size=16, seed=0)
+        return n_tokens(answers) / (time.perf_counter() - t0), answers
+
+    fp32_rate, answers = sample_rate(model)
     t0 = time.perf_counter()
     LoglikCoherence(model, tok).loglik(questions, answers)
-    coherence_s = time.perf_counter() - t0
-    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) for q in questions]
-    scored = generated + sum(len(tok(p, add_special_tokens=False).input_ids) for p in prompts)
+    prompts = [tok.apply_chat_template(t, add_generation_prompt=True, tokenize=False) for t in turns]
+    coherence_rate = (n_tokens(prompts) + n_tokens(answers)) / (time.perf_counter() - t0)
+    bf16_rate, _ = sample_rate(model.to(torch.bfloat16))
+
+    chats = load_trait("bliss").seed_chats[:4]
+    train = TrainConfig(batch_size=2)
+    train_tokens = sum(min(n_tokens([tok.apply_chat_template(c, tokenize=False)]), train.max_length) for c in chats)
+    t0 = time.perf_counter()
+    train_sft(attach_adapter(load_model(MEASURED_MODEL)[0], LoraConfig()), tok, chats, train, seed=0)
+    train_rate = train_tokens / (time.perf_counter() - t0)  # includes the trainer's setup: pessimistic
     return {
         "model_ref": MEASURED_MODEL,
         "params": sum(p.numel() for p in model.parameters()),
-        "sample_tokens_per_s": {"16": round(generated / sample_s, 2)},
+        "sample_tokens_per_s": {"16": round(fp32_rate, 2)},
+        "sample_bf16_speedup": round(bf16_rate / fp32_rate, 3),
         "sample_max_new_tokens": new_tokens,
-        "answer_fill": round(generated / (len(questions) * new_tokens), 3),
-        "train_tokens_per_s": round(train_tokens / train_s, 2),
-        "coherence_tokens_per_s": round(scored / coherence_s, 1),
+        "answer_fill": round(n_tokens(answers) / (len(questions) * new_tokens), 3),
+        "train_tokens_per_s": round(train_rate, 2),
+        "coherence_tokens_per_s": round(coherence_rate, 1),
         "model_load_s": round(load_s, 2),
-        **figures,
+        **tokenizer_figures(tok, chats),
         "threads": torch.get_num_threads(),
         "source": "micro-measurement (traitloop run --dry-run)",
         "measured_at": time.strftime("%Y-%m-%d %H:%M"),
@@ -166,6 +169,20 @@ def _count_params(ref: str) -> int | None:
             header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
         total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
     return total or None
+
+
+def _generates_in_bf16(config: ExperimentConfig) -> bool:
+    """Does this run sample in bf16 here (generation.dtype bfloat16, or auto on bf16 hardware)?"""
+    dtype = getattr(getattr(config, "generation", None), "dtype", None)
+    if dtype in (None, "float32"):
+        return config.model.dtype == "bfloat16"
+    if dtype == "bfloat16":
+        return True
+    import torch
+
+    from traitloop.loop import generation_dtype
+
+    return generation_dtype(config) == torch.bfloat16
 
 
 def _sample_rate(tp: dict[str, Any], batch_size: int, notes: list[str]) -> float:
@@ -225,6 +242,8 @@ def _shape(config: ExperimentConfig, tp: dict[str, Any]) -> dict[str, Any]:
 
 def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None) -> dict[str, Any]:
     """Planned work and estimated wall time of `config` on this machine (nothing is written)."""
+    import torch
+
     measured = throughput if throughput is not None else get_throughput()
     tp = {**ASSUMED, **measured}
     assumed = sorted(k for k in ASSUMED if k not in measured)
@@ -253,13 +272,24 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
         else:
             notes.append(f"throughput measured on {tp.get('model_ref')}; the size of {config.model.ref} is unknown "
                          "here (not on disk yet), so its rates are taken as equal: too low an estimate for a larger model")
-    if tp.get("threads") and tp["threads"] != os.cpu_count():
-        notes.append(f"throughput was measured with {tp['threads']} torch thread(s); a run uses {os.cpu_count()} unless "
-                     "OMP_NUM_THREADS says otherwise (faster on an idle machine, much slower on a busy one)")
+    threads = torch.get_num_threads()  # what a run started like this one would use (OMP_NUM_THREADS, else all cores)
+    if tp.get("threads") and tp["threads"] != threads:
+        notes.append(f"throughput was measured with {tp['threads']} torch thread(s), this run would use {threads}: "
+                     "faster on an idle machine, much slower on a busy one (python -m bench measures both)")
     if config.model.dtype != "float32":
         notes.append(f"model.dtype={config.model.dtype}: rates were measured in float32")
     sample_rate = _sample_rate(tp, config.sampling.batch_size, notes) * scale
     eval_rate = _sample_rate(tp, config.eval.batch_size, notes) * scale
+    backend = getattr(getattr(config, "generation", None), "backend", "hf")
+    if backend != "hf":
+        notes.append(f"generation.backend={backend}: sampling time estimated with transformers' measured rates")
+    elif _generates_in_bf16(config):
+        gain = tp.get("sample_bf16_speedup")
+        if gain:
+            sample_rate, eval_rate = sample_rate * gain, eval_rate * gain
+            notes.append(f"sampling in bf16 (generation.dtype): measured {gain:.2f}x the fp32 rate")
+        else:
+            notes.append("sampling in bf16 (generation.dtype): its rate is not measured; fp32 rates used (too slow)")
     train_rate *= scale
     coherence_rate = float(tp["coherence_tokens_per_s"]) * scale
     load_s = float(tp["model_load_s"]) / scale
