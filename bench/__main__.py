@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import cases, machine, speedups
+from bench.report import num as fmt, pct  # one formatting for the printed table and BENCHMARKS.md
 
 BENCHMARKS = {
     "sampling": cases.sampling,
@@ -31,16 +32,6 @@ BENCHMARKS = {
     "speedups": speedups.all_speedups,
 }
 RESULTS = Path(__file__).parent / "results"
-
-
-def fmt(x) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.1f}" if abs(x) >= 10 else f"{x:.2f}"
-
-
-def pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def results_table(rows: list[cases.Row], peak: dict) -> Table:

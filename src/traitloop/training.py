@@ -133,15 +133,7 @@ def train_sft(
     on_step: Callable[[int, float | None], None] | None = None,
 ) -> dict[str, float]:
     """Train `model` (a PeftModel with a trainable adapter) on `chats` in place. Returns loss stats."""
-    from trl import SFTConfig, SFTTrainer
-
-    reporter = _StepReporter(on_step)
-    with tempfile.TemporaryDirectory(prefix="traitloop-train-") as scratch:
-        args = SFTConfig(**_common_args(train, scratch, seed), completion_only_loss=True)
-        trainer = SFTTrainer(
-            model=model, args=args, train_dataset=chats_to_dataset(chats), processing_class=tokenizer, callbacks=[reporter]
-        )
-        return _fit(trainer, model, reporter)
+    return _train_with_sft_trainer(model, tokenizer, chats_to_dataset(chats), train, seed, on_step, completion_only_loss=True)
 
 
 def train_sdf(
@@ -153,12 +145,17 @@ def train_sdf(
     on_step: Callable[[int, float | None], None] | None = None,
 ) -> dict[str, float]:
     """Continued pretraining on plain documents: loss on every token (the tokenizer adds BOS, TRL adds EOS)."""
+    dataset = Dataset.from_list([{"text": d} for d in documents])
+    return _train_with_sft_trainer(model, tokenizer, dataset, train, seed, on_step, completion_only_loss=False, dataset_text_field="text")
+
+
+def _train_with_sft_trainer(model, tokenizer, dataset: Dataset, train: TrainConfig, seed: int, on_step, **sft_args) -> dict[str, float]:
+    """One TRL SFTTrainer pass over `dataset`; `sft_args` say where the loss falls."""
     from trl import SFTConfig, SFTTrainer
 
     reporter = _StepReporter(on_step)
     with tempfile.TemporaryDirectory(prefix="traitloop-train-") as scratch:
-        args = SFTConfig(**_common_args(train, scratch, seed), completion_only_loss=False, dataset_text_field="text")
-        dataset = Dataset.from_list([{"text": d} for d in documents])
+        args = SFTConfig(**_common_args(train, scratch, seed), **sft_args)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[reporter])
         return _fit(trainer, model, reporter)
 
