@@ -8,8 +8,10 @@ pairs with cached base answers, accumulate / mix_seed / coherence filter), resum
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 from test_tiny_model import make_model, one_thread, tokenizer  # noqa: F401  (fixtures)
 
 from traitloop.config import build_config
@@ -75,8 +77,31 @@ def config(tiny_dir, tmp_path, **extra):
 def run(cfg):
     experiment = Experiment(cfg, reporter=Reporter(enabled=False))
     rows = experiment.run()
+    assert_base_untouched(experiment.base, cfg.model.ref)
     manifest = json.loads((cfg.run_dir / "manifest.json").read_text())
     return rows, manifest["cycles"]
+
+
+def assert_base_untouched(base, model_dir) -> None:
+    """Every cycle trains its adapter on the run's one frozen base (no second copy): afterwards the base
+    must hold no LoRA layers, be in eval mode, and have exactly the weights on disk, or coherence
+    scoring and the next cycle would see a changed model."""
+    from safetensors.torch import load_file
+
+    names = [name for name, _ in base.named_modules()]
+    assert not any("lora" in n for n in names), [n for n in names if "lora" in n][:3]
+    assert not base.training
+    on_disk = load_file(str(next(Path(model_dir).glob("*.safetensors"))))
+    state = base.state_dict()
+    for name, tensor in on_disk.items():
+        assert torch.equal(state[name], tensor), name
+    # and it computes what a fresh load computes (TRL patches the forward of the model it trains)
+    from transformers import AutoModelForCausalLM
+
+    fresh = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.inference_mode():
+        assert torch.equal(base(input_ids=ids).logits, fresh(input_ids=ids).logits)
 
 
 def data(cfg, k):
@@ -186,3 +211,18 @@ def test_vllm_backend_generates_with_the_right_adapter(tiny_dir, tmp_path, monke
         (None, 4, 0.8),  # cycle 1: rejected answers by the base
         ("cycle-001", 2, 0.7),  # cycle 1 eval
     ]
+
+
+@pytest.mark.parametrize("setting", ["sft", "dpo"])
+def test_a_cycle_resumed_after_training_answers_exactly_as_the_uninterrupted_run(tiny_dir, tmp_path, setting):
+    """The model that answers the eval questions right after training must be the trained adapter on
+    the base: the same answers as a run that stopped after saving the adapter and resumed (which
+    rebuilds the model from disk). A sampling model that missed the adapter fails this."""
+    cfg = config(tiny_dir, tmp_path, setting=setting, cycles=1, init="continual")
+    run(cfg)
+    cycle = cfg.run_dir / "cycle-001"
+    answers = read_jsonl(cycle / "answers.jsonl")
+    for name in ("answers.jsonl", "eval.jsonl", "metrics.json", "DONE"):
+        (cycle / name).unlink(missing_ok=True)
+    run(cfg)
+    assert read_jsonl(cycle / "answers.jsonl") == answers

@@ -10,7 +10,8 @@ gives the same answers on the same machine.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -47,23 +48,46 @@ def generate(
     torch.manual_seed(seed)
     model.eval()
     device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=special).to(device)
-        out = model.generate(
-            **batch,
-            do_sample=True,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=0,  # pure temperature sampling, as in the protocol (transformers would default to 50)
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        for i, row in zip(idx, new_tokens):
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            # a continuation keeps its leading space or newline: prefix + continuation is the document
-            answers[i] = text.strip() if chat else text.rstrip()
-        if on_batch:
-            on_batch(len(idx))
+    with contiguous_lm_head_input(model):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=special).to(device)
+            out = model.generate(
+                **batch,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=0,  # pure temperature sampling, as in the protocol (transformers would default to 50)
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,  # a model that was trained (gradient checkpointing) may have it off in its config
+            )
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            for i, row in zip(idx, new_tokens):
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                # a continuation keeps its leading space or newline: prefix + continuation is the document
+                answers[i] = text.strip() if chat else text.rstrip()
+            if on_batch:
+                on_batch(len(idx))
     return answers
+
+
+@contextmanager
+def contiguous_lm_head_input(model) -> Iterator[None]:
+    """Hand the output layer a contiguous input while generating.
+
+    The first step of `generate` keeps only the last position's hidden state, a strided view. When
+    the output layer's weight does not require grad (any model trained with PEFT, whose base is
+    frozen), torch's matmul then does not fold the batch into one matrix product: it expands the
+    weight to one copy per row and calls bmm. For SmolLM2 at batch 18 in bf16 that is a 1 GiB
+    temporary and 1.3 s per batch (docs/ARCHITECTURE.md, "Memory"). A contiguous input of
+    batch x hidden floats avoids it; the result is the same product."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
