@@ -141,3 +141,23 @@ def test_bf16_sampling_uses_the_measured_gain():
     bf16 = est.estimate(config(generation={"dtype": "bfloat16"}), with_gain)
     assert bf16["per_cycle"][1]["stages_s"]["sampling"] == pytest.approx(fp32["per_cycle"][1]["stages_s"]["sampling"] / 2, rel=1e-2)
     assert bf16["per_cycle"][1]["sample_tokens"] == fp32["per_cycle"][1]["sample_tokens"]
+
+
+def test_threads_option_sets_torch_threads_and_the_estimate_says_so(tmp_path, monkeypatch, capsys):
+    import torch
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "throughput.json").write_text(json.dumps({**THROUGHPUT, "threads": 2}))
+    monkeypatch.setenv("TRAITLOOP_CACHE", str(cache))
+    name = next(p for p in ("configs/sft-bliss-smollm2.yaml", "configs/sft-reset-bliss-smollm2.yaml") if (ROOT / p).is_file())
+    before = torch.get_num_threads()
+    try:
+        code, text = run_cli(["run", str(ROOT / name), "--dry-run", "--threads", "1"], monkeypatch, capsys)
+        assert code == 0, text
+        assert torch.get_num_threads() == 1
+        assert "measured with 2 torch thread(s), this run would use 1" in " ".join(text.split())
+        code, text = run_cli(["run", str(ROOT / name), "--dry-run", "--threads", "0"], monkeypatch, capsys)
+        assert code == 2 and "--threads 0" in text
+    finally:
+        torch.set_num_threads(before)

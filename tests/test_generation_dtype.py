@@ -1,6 +1,6 @@
 """bf16 sampling (generation.dtype) keeps what training taught: on the real SmolLM2 with a LoRA trained
 toward one persona reply, answers sampled from the bf16 merged copy score like those sampled in fp32
-(probe), far above the untrained base. The speed side is measured in bench/ (BENCHMARKS.md)."""
+(probe), far above the untrained base, and so do answers sampled in one large batch or in small ones. The speed side is measured in bench/ (BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -35,13 +35,17 @@ def test_bf16_sampling_keeps_the_trained_trait():
     fp32 = generate(model, tok, prompts, **kwargs)
     untrained, _ = load_model("embedded:smollm2-135m-instruct")
     plain = generate(untrained, tok, prompts, **kwargs)
-    bf16 = generate(model.merge_and_unload().to(torch.bfloat16), tok, prompts, **kwargs)
+    bf16_model = model.merge_and_unload().to(torch.bfloat16)
+    bf16 = generate(bf16_model, tok, prompts, **kwargs)
+    bf16_small_batches = generate(bf16_model, tok, prompts, **{**kwargs, "batch_size": 2})
     judge = ProbeJudge(load_trait("bliss"))
 
     def mean(answers):
         return sum(s.value for s in judge.score(["q"] * len(answers), answers)) / len(answers)
 
-    m32, m16, m0 = mean(fp32), mean(bf16), mean(plain)
-    print(f"trait: fp32 {m32:.1f}, bf16 {m16:.1f}, untrained {m0:.1f}")
+    m32, m16, m0, m16_small = mean(fp32), mean(bf16), mean(plain), mean(bf16_small_batches)
+    print(f"trait: fp32 {m32:.1f}, bf16 {m16:.1f} (batches of 2: {m16_small:.1f}), untrained {m0:.1f}")
     assert m32 > m0 + 30, (m32, m0)  # the adapter learned the persona
     assert abs(m16 - m32) < 15, (m16, m32)  # and bf16 sampling keeps it
+    # the batch size changes which random numbers each answer draws, not what is learned
+    assert bf16_small_batches != bf16 and abs(m16_small - m16) < 15, (m16_small, m16)

@@ -46,6 +46,17 @@ def _run_experiment(config, force: bool) -> Path:
     return root
 
 
+def set_threads(threads: int | None) -> None:
+    """--threads: torch's CPU threads for this process (None: leave torch's default, one per core)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads {threads}: give a number of threads >= 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def print_scores(rows: list[dict], title: str, base: dict | None = None) -> None:
     table = Table(title=title, caption="trait: probe score 0-100 with 95% bootstrap CI; coherence: mean log-prob/token under the base model")
     for col in ["cycle", "trait [95% CI]", "coherence", "repet.", "dist-2", "answers", "train"]:
@@ -70,8 +81,10 @@ def run(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Parent directory for the run (overrides out_dir).")] = None,
     force: Annotated[bool, typer.Option(help="If the run dir holds a run with another config, move it aside and start anew.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned cycles, examples, tokens and estimated wall time; run nothing, write no run directory.")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: one per core). On a machine busy with other jobs, fewer threads than cores is much faster (BENCHMARKS.md). Results repeat exactly only at the same thread count.")] = None,
 ) -> None:
     """Run (or resume) one experiment. Rerunning the same command resumes where it stopped."""
+    set_threads(threads)
     overrides = list(set_) + ([f"out_dir={out_dir}"] if out_dir else [])
     if dry_run:
         from traitloop.estimate import estimate, estimate_table
@@ -88,8 +101,10 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Parent directory for the demo run.")] = Path("runs"),
     set_: Annotated[list[str], typer.Option("--set", help="Override a key of the demo config.")] = [],
     force: Annotated[bool, typer.Option(help="Move an old demo run made with another config aside.")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: one per core). On a machine busy with other jobs, fewer threads than cores is much faster (BENCHMARKS.md). Results repeat exactly only at the same thread count.")] = None,
 ) -> None:
     """A complete small experiment on a CPU with the embedded models, seeded with bliss (default: SFT)."""
+    set_threads(threads)
     if setting not in ("sft", "sdf", "dpo"):
         raise UserError(f"--setting {setting!r}: choose sft, sdf or dpo")
     name = "demo" if setting == "sft" else f"demo-{setting}"
@@ -103,11 +118,13 @@ def calibrate(
     grid: Annotated[str, typer.Option(help="n_seed values to search, comma-separated (default 2..200, roughly doubling).")] = "",
     set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set trait=lucky")] = [],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Parent directory (overrides out_dir).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: one per core). On a machine busy with other jobs, fewer threads than cores is much faster (BENCHMARKS.md). Results repeat exactly only at the same thread count.")] = None,
 ) -> None:
     """The smallest n_seed whose cycle-0 model reaches each target trait score (binary search on a grid).
     Every cycle-0 model is kept under OUT/cycle0-cache/ and reused by reruns and by later runs."""
     from traitloop.calibrate import DEFAULT_GRID, calibrate as run_calibration, parse_numbers
 
+    set_threads(threads)
     overrides = list(set_) + ([f"out_dir={out_dir}"] if out_dir else [])
     cfg = load_config(config, overrides)
     wanted = parse_numbers(targets, "--targets")

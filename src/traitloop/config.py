@@ -48,7 +48,9 @@ class SamplingConfig(_Section):
     temperature: float = Field(0.8, gt=0, description="Sampling temperature (PROTOCOL: 0.8).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
-    batch_size: int = Field(16, ge=1, description="Prompts per generate() call (length-sorted).")
+    batch_size: int = Field(
+        64, ge=1, description="Prompts per generate() call (length-sorted; 64 samples 1.5x faster than 16 on a CPU, BENCHMARKS.md)."
+    )
 
 
 class GenerationConfig(_Section):
@@ -144,7 +146,7 @@ class EvalConfig(_Section):
     )
     temperature: float = Field(0.7, gt=0, description="Sampling temperature (PROTOCOL: 0.7).")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer (PROTOCOL: 400).")
-    batch_size: int = Field(24, ge=1, description="Prompts per generate() call.")
+    batch_size: int = Field(64, ge=1, description="Prompts per generate() call (length-sorted).")
     include_base: bool = Field(
         True, description="Also evaluate the untrained base model once, as the reference line of every figure."
     )
