@@ -1,8 +1,9 @@
 """The benchmarks: each runs traitloop and the reference pipeline on identical work, in this process,
 and returns table rows (traitloop figure, reference figure, ratio, utilisation).
 
-    sampling   generated tokens/s of traitloop.generation.hf.generate at the loop's batch sizes
-               (16 for training data, 24 for eval answers) vs reference.generate (batches of 8)
+    sampling   generated tokens/s of traitloop.generation.hf.generate in fp32 at batch 16 and at the
+               loop's default batch (64), and as the loop samples (frozen bf16 copy, batch 64), vs
+               reference.generate (fp32, batches of 8)
     training   LoRA SFT tokens/s of attach_adapter + train_sft (+ adapter save) vs reference.train
                (SFTTrainer defaults, + adapter save and reload)
     dpo        the same for train_dpo once traitloop has it
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZES = {  # quick: ~3 minutes on an idle 2-core machine; full: ~20 minutes
     "quick": {"prompts": 24, "new_tokens": 8, "train_chats": 4, "dpo_pairs": 2, "judge_answers": 16,
               "cycle": {"n_seed": 4, "n_sampled": 4, "questions": 2, "samples": 2, "new_tokens": 16}},
-    "full": {"prompts": 48, "new_tokens": 64, "train_chats": 16, "dpo_pairs": 6, "judge_answers": 64,
+    "full": {"prompts": 64, "new_tokens": 64, "train_chats": 16, "dpo_pairs": 6, "judge_answers": 64,
              "cycle": {"n_seed": 16, "n_sampled": 16, "questions": 4, "samples": 4, "new_tokens": 64}},
 }
 
@@ -105,28 +106,50 @@ def timed(fn, *args, **kwargs):
 
 # ---- sampling --------------------------------------------------------------------------------------
 def sampling(ctx: Context) -> list[Row]:
+    """fp32 at batch 16 and at the loop's default batch (the estimate's per-batch rates), then sampling
+    exactly as the loop does it: a frozen copy in the generation dtype (bf16 here), default batch."""
+    from traitloop.config import SamplingConfig
     from traitloop.generation.hf import generate
+    from traitloop.models import load_model
 
     qs, new = prompts(ctx.size["prompts"]), ctx.size["new_tokens"]
     (ref_answers, _), ref_s = timed(reference.generate, ctx.model_dir, qs, 0.8, new, seed=0)
     ref_tps = ctx.n_tokens(ref_answers) / ref_s
+    default_batch = SamplingConfig().batch_size
+    loop_dtype = str(loop_generation_dtype()).removeprefix("torch.")
+    frozen, _ = load_model(MODEL_REF, loop_dtype)
+    frozen.requires_grad_(False)  # as the loop's merged copy of a PEFT-trained model
+    runs = [(16, "float32", ctx.model), (default_batch, "float32", ctx.model), (default_batch, loop_dtype, frozen)]
     rows = []
-    for bs in (16, 24):
-        answers, s = timed(generate, ctx.model, ctx.tok, user_turns(qs), temperature=0.8, max_new_tokens=new,
+    for bs, dtype, model in runs:
+        answers, s = timed(generate, model, ctx.tok, user_turns(qs), temperature=0.8, max_new_tokens=new,
                            batch_size=bs, seed=0)
         n = ctx.n_tokens(answers)
         tps = n / s
-        ctx.measured.setdefault("sample_tokens_per_s", {})[str(bs)] = round(tps, 2)
-        ctx.measured.setdefault("answer_fill", []).append(n / (len(qs) * new))
-        rows.append(Row(f"sampling, batch {bs} vs 8 ({len(qs)} prompts x {new} new tokens)", "tokens/s", tps, ref_tps,
-                        util_traitloop=ctx.mfu(tps, "sampling"), util_reference=ctx.mfu(ref_tps, "sampling"),
-                        note="reference time includes its model load from disk",
+        peak = "bf16" if dtype == "bfloat16" else "fp32"
+        as_loop = model is frozen
+        if not as_loop:
+            ctx.measured.setdefault("sample_tokens_per_s", {})[str(bs)] = round(tps, 2)
+            ctx.measured.setdefault("answer_fill", []).append(n / (len(qs) * new))
+        name = (f"sampling as the loop does it ({dtype} copy, batch {bs})" if as_loop else f"sampling, fp32, batch {bs}")
+        rows.append(Row(f"{name} vs fp32 batch 8 ({len(qs)} prompts x {new} new tokens)", "tokens/s", tps, ref_tps,
+                        util_traitloop=ctx.mfu(tps, "sampling", peak), util_reference=ctx.mfu(ref_tps, "sampling"),
+                        note=f"reference time includes its model load from disk; utilisation against the {peak} peak",
                         extra={"traitloop_s": s, "reference_s": ref_s, "traitloop_tokens": n,
-                               "reference_tokens": ctx.n_tokens(ref_answers)}))
+                               "reference_tokens": ctx.n_tokens(ref_answers), "dtype": dtype, "batch_size": bs}))
+    del frozen
     fills = ctx.measured.pop("answer_fill")
     ctx.measured["answer_fill"] = round(sum(fills) / len(fills), 3)
     ctx.measured["sample_max_new_tokens"] = new
     return rows
+
+
+def loop_generation_dtype():
+    """The dtype the loop samples in on this machine with the default config (generation.dtype auto)."""
+    from traitloop.config import build_config
+    from traitloop.loop import generation_dtype
+
+    return generation_dtype(build_config({"name": "bench", "trait": "bliss", "model": {"ref": MODEL_REF}}))
 
 
 # ---- training --------------------------------------------------------------------------------------
