@@ -152,6 +152,30 @@ def loop_generation_dtype():
     return generation_dtype(build_config({"name": "bench", "trait": "bliss", "model": {"ref": MODEL_REF}}))
 
 
+def loop_precision():
+    """The fp32 matmul precision the loop runs under (model.matmul_precision's default); the reference
+    pipeline keeps torch's own default ("highest")."""
+    from traitloop.config import ModelConfig
+    from traitloop.precision import fp32_matmul_precision
+
+    return fp32_matmul_precision(ModelConfig().matmul_precision)
+
+
+def loop_matmul_peak() -> str:
+    """Which measured peak the loop's fp32 matmuls are held to: bf16 where "medium" lets them run in bf16."""
+    from traitloop.config import ModelConfig
+
+    bf16_math = ModelConfig().matmul_precision == "medium" and loop_generation_dtype() == torch.bfloat16
+    return "bf16" if bf16_math else "fp32"
+
+
+def loop_precision_note(ctx: Context, tokens_per_s: float, kind: str) -> str:
+    from traitloop.config import ModelConfig
+
+    return (f"fp32 weights, matmul_precision {ModelConfig().matmul_precision}, utilisation against the {loop_matmul_peak()} "
+            f"peak ({100 * ctx.mfu(tokens_per_s, kind):.1f}% of the fp32 peak)")
+
+
 # ---- training --------------------------------------------------------------------------------------
 def traitloop_train(ctx: Context, chats, out_dir: Path, seed: int = 0) -> dict:
     """What the loop's adapter stage does: fresh base from the cache, fresh adapter, train, save."""
@@ -163,7 +187,8 @@ def traitloop_train(ctx: Context, chats, out_dir: Path, seed: int = 0) -> dict:
     base, tok = load_model(MODEL_REF)
     seed_everything(seed)
     model = attach_adapter(base, LoraConfig())
-    stats = train_sft(model, tok, chats, TrainConfig(), seed)
+    with loop_precision():
+        stats = train_sft(model, tok, chats, TrainConfig(), seed)
     model.save_pretrained(out_dir)
     return stats
 
@@ -190,9 +215,10 @@ def training(ctx: Context) -> list[Row]:
     ctx.measured["train_example_tokens"] = round(tokens / len(chats), 1)
     ctx.measured.update(tokenizer_figures(ctx.tok, chats))
     return [Row(f"LoRA SFT training ({len(chats)} chats, {tokens} tokens)", "tokens/s", tps, ref_tps,
-                util_traitloop=ctx.mfu(tps, "lora_training"),
+                util_traitloop=ctx.mfu(tps, "lora_training", loop_matmul_peak()),
                 util_reference=ctx.mfu(ref_tps, "lora_training", "bf16" if ref_info["bf16"] else "fp32"),
-                note=f"stage time incl. load/save; reference: bf16={ref_info['bf16']}, gradient checkpointing="
+                note=f"stage time incl. load/save; traitloop: {loop_precision_note(ctx, tps, 'lora_training')}; "
+                     f"reference: bf16={ref_info['bf16']}, gradient checkpointing="
                      f"{ref_info['gradient_checkpointing']}, batch {ref_info['batch_size']} (SFTTrainer defaults)",
                 extra={"traitloop_s": s, "reference_s": ref_s, "tokens": tokens, "traitloop_loss": stats})]
 
@@ -207,7 +233,8 @@ def traitloop_dpo(ctx: Context, pairs, train, out_dir: Path, seed: int = 0) -> d
     base, tok = load_model(MODEL_REF)
     seed_everything(seed)
     model = attach_adapter(base, LoraConfig())
-    stats = train_dpo(model, tok, pairs, train, DpoConfig(), seed)
+    with loop_precision():
+        stats = train_dpo(model, tok, pairs, train, DpoConfig(), seed)
     model.save_pretrained(out_dir)
     return stats
 
@@ -239,9 +266,10 @@ def dpo(ctx: Context) -> list[Row]:
     tps, ref_tps = tokens / s, tokens / ref_s
     ctx.measured["dpo_train_tokens_per_s"] = round(tps, 2)
     return [Row(f"LoRA DPO training ({len(pairs)} pairs, {tokens} chosen+rejected tokens)", "tokens/s", tps, ref_tps,
-                util_traitloop=ctx.mfu(tps, "dpo_lora"),
+                util_traitloop=ctx.mfu(tps, "dpo_lora", loop_matmul_peak()),
                 util_reference=ctx.mfu(ref_tps, "dpo_lora", "bf16" if ref_info["bf16"] else "fp32"),
-                note=f"stage time incl. load/save; reference: DPOTrainer defaults (bf16={ref_info['bf16']}, gradient "
+                note=f"stage time incl. load/save; traitloop: {loop_precision_note(ctx, tps, 'dpo_lora')}; "
+                     f"reference: DPOTrainer defaults (bf16={ref_info['bf16']}, gradient "
                      f"checkpointing={ref_info['gradient_checkpointing']}, batch {ref_info['batch_size']})",
                 extra={"traitloop_s": s, "reference_s": ref_s, "tokens": tokens})]
 
@@ -255,11 +283,13 @@ def judging(ctx: Context) -> list[Row]:
     trait = load_trait("bliss")
     chats = (trait.seed_chats * 4)[: ctx.size["judge_answers"]]
     qs, answers = [c[0]["content"] for c in chats], [c[-1]["content"] for c in chats]
-    probe, fit_s = timed(ProbeJudge, trait)
-    _, s = timed(probe.score, qs, answers)
+    with loop_precision():
+        probe, fit_s = timed(ProbeJudge, trait)
+        _, s = timed(probe.score, qs, answers)
     _, ref_s = timed(reference.judge, probe, qs, answers)
     coherence = LoglikCoherence(ctx.model, ctx.tok)
-    _, c_s = timed(coherence.loglik, qs, answers)
+    with loop_precision():
+        _, c_s = timed(coherence.loglik, qs, answers)
     _, c_ref_s = timed(reference.coherence, ctx.model_dir, qs, answers)
     n = len(answers)
     templated = [ctx.tok.apply_chat_template(t, add_generation_prompt=True, tokenize=False) for t in user_turns(qs)]
@@ -270,8 +300,10 @@ def judging(ctx: Context) -> list[Row]:
         Row(f"probe judge ({n} answers; fit {fit_s:.1f} s apart)", "answers/s", n / s, n / ref_s,
             note="same probe; reference scores batches of 8", extra={"fit_s": fit_s}),
         Row(f"coherence log-likelihood ({n} answers)", "answers/s", n / c_s, n / c_ref_s,
-            util_traitloop=ctx.mfu(scored_tokens / c_s, "sampling"), util_reference=ctx.mfu(scored_tokens / c_ref_s, "sampling"),
-            note="forward only (2N/token); reference loads the base from disk, batches of 8 in order"),
+            util_traitloop=ctx.mfu(scored_tokens / c_s, "sampling", loop_matmul_peak()),
+            util_reference=ctx.mfu(scored_tokens / c_ref_s, "sampling"),
+            note="forward only (2N/token); reference loads the base from disk, batches of 8 in order; traitloop: "
+                 + loop_precision_note(ctx, scored_tokens / c_s, "sampling")),
     ]
 
 

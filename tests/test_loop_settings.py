@@ -226,3 +226,37 @@ def test_a_cycle_resumed_after_training_answers_exactly_as_the_uninterrupted_run
         (cycle / name).unlink(missing_ok=True)
     run(cfg)
     assert read_jsonl(cycle / "answers.jsonl") == answers
+
+
+@pytest.mark.parametrize("precision", ["highest", "medium"])
+def test_a_run_trains_and_scores_under_its_matmul_precision_and_puts_the_old_one_back(tiny_dir, tmp_path, monkeypatch, precision):
+    import traitloop.loop
+    from traitloop.judges.coherence import LoglikCoherence
+
+    seen = {"train": set(), "coherence": set()}
+    train_sft, loglik = traitloop.loop.train_sft, LoglikCoherence.loglik
+
+    def recording_train_sft(*args, **kwargs):
+        seen["train"].add(torch.get_float32_matmul_precision())
+        return train_sft(*args, **kwargs)
+
+    def recording_loglik(self, *args, **kwargs):
+        seen["coherence"].add(torch.get_float32_matmul_precision())
+        return loglik(self, *args, **kwargs)
+
+    monkeypatch.setattr(traitloop.loop, "train_sft", recording_train_sft)
+    monkeypatch.setattr(LoglikCoherence, "loglik", recording_loglik)
+    torch.set_float32_matmul_precision("high")  # what the caller had: must survive the run
+    try:
+        run(config(tiny_dir, tmp_path, cycles=1, model={"matmul_precision": precision}))
+        assert seen == {"train": {precision}, "coherence": {precision}}
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+
+
+def test_matmul_precision_is_part_of_the_science_hash(tiny_dir, tmp_path):
+    """It changes results (slightly), so a run resumed with another precision must not reuse cycles."""
+    a = config(tiny_dir, tmp_path, model={"matmul_precision": "highest"})
+    b = config(tiny_dir, tmp_path, model={"matmul_precision": "medium"})
+    assert a.science_hash() != b.science_hash()

@@ -88,7 +88,16 @@ def tokenizer_figures(tokenizer, chats: list[list[dict[str, str]]]) -> dict[str,
 
 def measure_throughput(log=print) -> dict[str, Any]:
     """~20 s on an idle 2-core machine (longer on a busy one): a few generate steps in fp32 and bf16,
-    one coherence pass and two training steps on the embedded model, with the torch threads a run uses."""
+    one coherence pass and two training steps on the embedded model, with the torch threads a run uses
+    and the default model.matmul_precision."""
+    from traitloop.config import ModelConfig
+    from traitloop.precision import fp32_matmul_precision
+
+    with fp32_matmul_precision(ModelConfig().matmul_precision):
+        return _measure_throughput(log) | {"matmul_precision": ModelConfig().matmul_precision}
+
+
+def _measure_throughput(log) -> dict[str, Any]:
     import torch
 
     from traitloop.config import LoraConfig, TrainConfig

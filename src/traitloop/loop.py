@@ -27,6 +27,7 @@ from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
 from traitloop.generation.hf import generate
 from traitloop.jsonl import write_json
+from traitloop.precision import fp32_matmul_precision
 from traitloop.judges import make_judge
 from traitloop.judges.coherence import LoglikCoherence, distinct_n, repetition_rate
 from traitloop.progress import Reporter
@@ -54,7 +55,7 @@ class Experiment:
         self.check_inputs()
         self.store.open(cfg, inputs=self.input_hashes(), force=self.force)
 
-        with self.reporter:
+        with self.reporter, fp32_matmul_precision(cfg.model.matmul_precision):
             with self.reporter.step("loading base model", total=1) as advance:
                 self.base, self.tokenizer = self._load_base()
                 advance()

@@ -30,6 +30,7 @@ from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 
 from traitloop.config import DpoConfig, LoraConfig, TrainConfig
+from traitloop.precision import fp32_attention
 
 Conversation = list[dict[str, str]]
 
@@ -109,7 +110,8 @@ def _common_args(train: TrainConfig, scratch: str, seed: int) -> dict:
 
 def _fit(trainer, model, reporter: _StepReporter) -> dict[str, float]:
     trainer.remove_callback(PrinterCallback)  # progress and loss go to traitloop's own bars
-    trainer.train()
+    with fp32_attention(model):  # under model.matmul_precision medium on a CPU: SDPA's math backend (precision.py)
+        trainer.train()
     model.eval()
     losses = reporter.losses or [float("nan")]
     rates = reporter.learning_rates or [float("nan")]

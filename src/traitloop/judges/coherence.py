@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from traitloop.precision import fp32_attention
+
 
 def repetition_rate(text: str, n: int = 4) -> float:
     words = text.lower().split()
@@ -69,7 +71,8 @@ class LoglikCoherence:
                 for row, i in enumerate(idx):
                     ids[row, : len(seqs[i][0])] = torch.tensor(seqs[i][0])
                     mask[row, : len(seqs[i][0])] = 1
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+                with fp32_attention(self.model):
+                    logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
                 for row, i in enumerate(idx):
                     # only the answer's positions get a log-softmax over the vocabulary (memory: answer x vocab)
                     tokens, a0 = seqs[i]
