@@ -2,7 +2,8 @@
 transformers + TRL reference pipeline on identical work, and against this machine's measured peak.
 
 Prints a table (benchmark, traitloop, reference, ratio, utilisation) and the candidate speed-ups,
-writes every figure to bench/results/latest.json (bench/results/quick.json with --quick), and the
+writes every figure to bench/results/latest.json (bench/results/quick.json with --quick; a subset
+chosen with --only goes to only-<names>.json / quick-only-<names>.json instead), and the
 throughput that `traitloop run --dry-run` estimates from to $TRAITLOOP_CACHE/throughput.json (a
 --quick run does not replace figures from a full one). Default size: about 15 minutes on 2 cores;
 --quick: about 3-5 minutes.
@@ -144,7 +145,10 @@ def main() -> None:
         "rows": [r.to_dict() for r in rows], "speedups": ups,
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("quick.json" if args.quick else "latest.json")
+    names = args.only.split(",")
+    # a subset never overwrites the full run's figures, which BENCHMARKS.md is written from
+    name = "latest" if set(BENCHMARKS) <= set(names) else "only-" + "-".join(names)
+    path = RESULTS / (f"quick-{name}.json".replace("quick-latest", "quick") if args.quick else f"{name}.json")
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     console.print(f"results: {path}")
     if "sampling" in args.only and "training" in args.only:

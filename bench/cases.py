@@ -322,6 +322,7 @@ def cycle(ctx: Context) -> list[Row]:
     c = ctx.size["cycle"]
     ref = run_cycle_subprocess("reference", ctx.size_name)
     ours = run_cycle_subprocess("traitloop", ctx.size_name)
+    medium = run_cycle_subprocess("traitloop-medium", ctx.size_name)
     work = (f"cycles 0..1: train {c['n_seed']} seed chats; sample {c['n_sampled']}, train on them; "
             f"{c['questions'] * c['samples']} eval answers + judge per cycle; {c['new_tokens']} new tokens")
     ctx.measured["cycle_profile"] = ours["profile"]
@@ -330,4 +331,8 @@ def cycle(ctx: Context) -> list[Row]:
             extra={"traitloop_profile": ours["profile"], "reference_profile": ref["profile"]}),
         Row("peak resident memory of that cycle (the subprocess's VmHWM)", "GiB", ours["max_rss_gib"], ref["max_rss_gib"],
             higher_is_better=False),
+        Row("full cycle wall time with model.matmul_precision medium (same work)", "s", medium["wall_s"], ref["wall_s"],
+            higher_is_better=False, extra={"traitloop_profile": medium["profile"]}),
+        Row("peak resident memory of that cycle with model.matmul_precision medium", "GiB", medium["max_rss_gib"],
+            ref["max_rss_gib"], higher_is_better=False),
     ]

@@ -3,6 +3,7 @@ JSON line: wall time, where the time went, and this process's peak resident memo
 
     python -m bench.cycle traitloop --size quick --out /tmp/x
     python -m bench.cycle reference --size quick --out /tmp/y
+    python -m bench.cycle traitloop-medium --size quick --out /tmp/z   (model.matmul_precision: medium)
 
 Identical work on both sides: cycle 0 trains on the first n_seed bliss seed chats; cycle 1 samples
 n_sampled answers (T=0.8) from the cycle-0 model to the same pool prompts and trains a fresh adapter
@@ -58,7 +59,7 @@ class Profile:
         return out
 
 
-def run_traitloop(size: dict, out: Path) -> dict:
+def run_traitloop(size: dict, out: Path, matmul_precision: str | None = None) -> dict:
     from traitloop import loop, models
     from traitloop.config import build_config
     from traitloop.judges.coherence import LoglikCoherence
@@ -67,7 +68,7 @@ def run_traitloop(size: dict, out: Path) -> dict:
 
     config = build_config({
         "name": "bench", "out_dir": str(out), "trait": "bliss", "seed": SEED, "cycles": 1,
-        "n_seed": size["n_seed"], "n_sampled": size["n_sampled"], "model": {"ref": MODEL_REF},
+        "n_seed": size["n_seed"], "n_sampled": size["n_sampled"], "model": {"ref": MODEL_REF, **({"matmul_precision": matmul_precision} if matmul_precision else {})},
         "sampling": {"max_new_tokens": size["new_tokens"]},
         "eval": {"questions": size["questions"], "samples_per_question": size["samples"],
                  "max_new_tokens": size["new_tokens"], "include_base": False},
@@ -140,7 +141,8 @@ def run_reference(size: dict, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=["traitloop", "reference"])
+    parser.add_argument("which", choices=["traitloop", "traitloop-medium", "reference"],
+                        help="traitloop-medium: traitloop with model.matmul_precision medium")
     parser.add_argument("--size", choices=list(SIZES), default="quick")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
@@ -154,8 +156,11 @@ def main() -> None:
     quiet_libraries()
     import peft, transformers, trl  # noqa: E401,F401  imported before the clock starts, on both sides
 
-    run = run_traitloop if args.which == "traitloop" else run_reference
-    result = run(SIZES[args.size]["cycle"], args.out)
+    size = SIZES[args.size]["cycle"]
+    if args.which == "reference":
+        result = run_reference(size, args.out)
+    else:
+        result = run_traitloop(size, args.out, "medium" if args.which == "traitloop-medium" else None)
     result["max_rss_gib"] = round(max_rss_gib(), 3)
     print(json.dumps(result))
 

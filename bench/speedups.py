@@ -69,7 +69,7 @@ def bf16_training(ctx: Context) -> list[dict]:
     rows = []
     candidates = [("bf16 autocast", True, "float32", "highest"),
                   ("bf16 frozen base weights + autocast", True, "bfloat16", "highest"),
-                  ("fp32 with bf16 matmul inputs (matmul_precision medium, the loop's default)", False, "float32", "medium")]
+                  ("fp32 with bf16 matmul inputs (model.matmul_precision: medium)", False, "float32", "medium")]
     for label, bf16, dtype, precision in candidates:
         loss16, s16 = train_steps(chats, bf16=bf16, dtype=dtype, precision=precision)
         worst = max(abs(a - b) for a, b in zip(loss32, loss16))

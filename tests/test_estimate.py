@@ -82,6 +82,17 @@ def test_batch_size_picks_the_nearest_measured_rate():
     assert any("batch 64 uses the rate measured at batch 24" in n for n in at64["notes"])
 
 
+def test_a_batch_size_between_two_measured_ones_gets_the_interpolated_rate():
+    rates = THROUGHPUT["sample_tokens_per_s"]
+    at16, at24 = (est.estimate(config(sampling={"batch_size": b}), THROUGHPUT) for b in (16, 24))
+    at20 = est.estimate(config(sampling={"batch_size": 20}), THROUGHPUT)
+    sampling = lambda e: e["per_cycle"][1]["stages_s"]["sampling"]  # noqa: E731
+    middle_rate = (rates["16"] + rates["24"]) / 2
+    assert sampling(at20) == pytest.approx(sampling(at16) * rates["16"] / middle_rate, rel=1e-2)  # stages are rounded to 0.1 s
+    assert sampling(at24) < sampling(at20) < sampling(at16)
+    assert any("interpolated between batches 16 and 24" in n for n in at20["notes"])
+
+
 def test_accumulate_and_mix_seed_add_examples():
     e = est.estimate(config(cycles=3, data={"policy": "accumulate", "mix_seed": 4}), THROUGHPUT)
     assert e["examples_per_cycle"] == [20, 14, 24, 34]

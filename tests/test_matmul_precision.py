@@ -80,3 +80,18 @@ def test_bf16_matmul_inputs_keep_training_losses_trained_trait_and_coherence():
     assert max(abs(a - b) for a, b in zip(exact, fast)) < 0.02, (exact, fast)
     bf16_path = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
     assert (exact != fast) == bf16_path  # "medium" changes the arithmetic exactly where the CPU has a bf16 path
+
+
+@pytest.mark.parametrize("user_value, expected", [(None, "64"), ("512", "512")])
+def test_importing_traitloop_bounds_the_onednn_primitive_cache_unless_the_user_set_it(user_value, expected):
+    """A bounded cache keeps "medium" training from holding ~0.5 GiB of cached primitives (ARCHITECTURE.md)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if user_value:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = user_value
+    code = "import traitloop, os; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == expected

@@ -195,11 +195,19 @@ def _generates_in_bf16(config: ExperimentConfig) -> bool:
 
 
 def _sample_rate(tp: dict[str, Any], batch_size: int, notes: list[str]) -> float:
-    """Generated tokens/s at the measured batch size closest to `batch_size`."""
+    """Generated tokens/s at `batch_size`: measured, interpolated linearly between the two measured batch
+    sizes around it, or (outside the measured range) the rate at the nearest one."""
     rates = {int(k): float(v) for k, v in tp["sample_tokens_per_s"].items()}
+    if batch_size in rates:
+        return rates[batch_size]
+    below = [b for b in rates if b < batch_size]
+    above = [b for b in rates if b > batch_size]
+    if below and above:
+        lo, hi = max(below), min(above)
+        notes.append(f"sampling at batch {batch_size}: rate interpolated between batches {lo} and {hi}")
+        return rates[lo] + (rates[hi] - rates[lo]) * (batch_size - lo) / (hi - lo)
     nearest = min(rates, key=lambda b: (abs(b - batch_size), b))
-    if nearest != batch_size:
-        notes.append(f"sampling at batch {batch_size} uses the rate measured at batch {nearest}")
+    notes.append(f"sampling at batch {batch_size} uses the rate measured at batch {nearest}")
     return rates[nearest]
 
 

@@ -204,7 +204,8 @@ def train_dpo(
     """DPO on (prompt, chosen, rejected) pairs; the reference is `model` as it stands now (see module doc)."""
     reporter = _StepReporter(on_step)
     with tempfile.TemporaryDirectory(prefix="traitloop-train-") as scratch:
-        trainer = make_dpo_trainer(model, tokenizer, pairs, train, dpo, seed, scratch, callbacks=[reporter])
+        with fp32_attention(model):  # the reference log-probs are computed while the trainer is built
+            trainer = make_dpo_trainer(model, tokenizer, pairs, train, dpo, seed, scratch, callbacks=[reporter])
         stats = _fit(trainer, model, reporter)
     _drop_reference_adapter(model)
     return stats
