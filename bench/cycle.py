@@ -68,7 +68,8 @@ def run_traitloop(size: dict, out: Path, matmul_precision: str | None = None) ->
 
     config = build_config({
         "name": "bench", "out_dir": str(out), "trait": "bliss", "seed": SEED, "cycles": 1,
-        "n_seed": size["n_seed"], "n_sampled": size["n_sampled"], "model": {"ref": MODEL_REF, **({"matmul_precision": matmul_precision} if matmul_precision else {})},
+        "n_seed": size["n_seed"], "n_sampled": size["n_sampled"],
+        "model": {"ref": MODEL_REF, **({"matmul_precision": matmul_precision} if matmul_precision else {})},
         "sampling": {"max_new_tokens": size["new_tokens"]},
         "eval": {"questions": size["questions"], "samples_per_question": size["samples"],
                  "max_new_tokens": size["new_tokens"], "include_base": False},

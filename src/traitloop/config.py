@@ -39,7 +39,7 @@ class ModelConfig(_Section):
         "highest: exact fp32. medium: fp32 matmuls take bf16-rounded inputs with fp32 accumulation where the "
         "hardware has a fast path (CPUs with AMX / AVX512-BF16; TF32 on NVIDIA GPUs), everything else stays fp32: "
         "losses within 0.003 nats of highest over 10 steps, LoRA training 1.26x and coherence scoring 1.9x faster "
-        "here, but the demo's peak memory rises from 2.7 to 3.5 GiB (BENCHMARKS.md).",
+        "here, but the demo's peak memory rises from 2.6 to 3.5 GiB (BENCHMARKS.md).",
     )
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub. Off unless you trust the repository."
