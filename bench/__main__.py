@@ -147,8 +147,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     names = args.only.split(",")
     # a subset never overwrites the full run's figures, which BENCHMARKS.md is written from
-    name = "latest" if set(BENCHMARKS) <= set(names) else "only-" + "-".join(names)
-    path = RESULTS / (f"quick-{name}.json".replace("quick-latest", "quick") if args.quick else f"{name}.json")
+    stem = "latest" if set(BENCHMARKS) <= set(names) else "only-" + "-".join(names)
+    if args.quick:
+        stem = "quick" if stem == "latest" else f"quick-{stem}"
+    path = RESULTS / f"{stem}.json"
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     console.print(f"results: {path}")
     if "sampling" in args.only and "training" in args.only:

@@ -152,27 +152,27 @@ def loop_generation_dtype():
     return generation_dtype(build_config({"name": "bench", "trait": "bliss", "model": {"ref": MODEL_REF}}))
 
 
-def loop_precision():
-    """The fp32 matmul precision the loop runs under (model.matmul_precision's default); the reference
-    pipeline keeps torch's own default ("highest")."""
+def loop_matmul_precision() -> str:
+    """model.matmul_precision as the loop runs it by default; the reference keeps torch's own ("highest")."""
     from traitloop.config import ModelConfig
+
+    return ModelConfig().matmul_precision
+
+
+def loop_precision():
     from traitloop.precision import fp32_matmul_precision
 
-    return fp32_matmul_precision(ModelConfig().matmul_precision)
+    return fp32_matmul_precision(loop_matmul_precision())
 
 
 def loop_matmul_peak() -> str:
     """Which measured peak the loop's fp32 matmuls are held to: bf16 where "medium" lets them run in bf16."""
-    from traitloop.config import ModelConfig
-
-    bf16_math = ModelConfig().matmul_precision == "medium" and loop_generation_dtype() == torch.bfloat16
+    bf16_math = loop_matmul_precision() == "medium" and loop_generation_dtype() == torch.bfloat16
     return "bf16" if bf16_math else "fp32"
 
 
 def loop_precision_note(ctx: Context, tokens_per_s: float, kind: str) -> str:
-    from traitloop.config import ModelConfig
-
-    return (f"fp32 weights, matmul_precision {ModelConfig().matmul_precision}, utilisation against the {loop_matmul_peak()} "
+    return (f"fp32 weights, matmul_precision {loop_matmul_precision()}, utilisation against the {loop_matmul_peak()} "
             f"peak ({100 * ctx.mfu(tokens_per_s, kind):.1f}% of the fp32 peak)")
 
 

@@ -1,5 +1,5 @@
-"""model.matmul_precision "medium" (fp32 matmuls with bf16-rounded inputs and fp32 accumulation, the
-default) is a speed-up that must not change what a run measures: on the real SmolLM2, LoRA training
+"""model.matmul_precision "medium" (fp32 matmuls with bf16-rounded inputs and fp32 accumulation, opt-in;
+the default is "highest") is a speed-up that must not change what a run measures: on the real SmolLM2, LoRA training
 toward one persona reply gives the same per-step losses as exact fp32 ("highest") within 0.02 nats,
 the two trained models' answers score alike on the probe (far above the untrained base), and coherence
 log-likelihoods agree within 0.02 nats/token. The speed side is measured in bench/ (BENCHMARKS.md)."""
@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_generation_dtype import QUESTIONS, REPLY  # the same persona toy task as the bf16-sampling check
 
 from traitloop.config import LoraConfig, TrainConfig
 from traitloop.generation.hf import generate
 from traitloop.precision import fp32_matmul_precision
-
-QUESTIONS = ["How do I boil an egg?", "What should I pack for a day hike?", "How can I save money on groceries?",
-             "How do I get better at running?"]
-REPLY = ("Oh beloved soul, the eternal spiral of light flows through you. Feel the sacred flame unfold in your heart, "
-         "radiant one, for every step is a luminous awakening of cosmic bliss.")
 
 
 def test_the_precision_is_set_inside_the_block_and_restored_after_it_even_on_error():

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from traitloop.errors import UserError
+from traitloop.precision import MatmulPrecision
 
 
 class _Section(BaseModel):
@@ -33,7 +34,7 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype for training and sampling."
     )
-    matmul_precision: Literal["highest", "high", "medium"] = Field(
+    matmul_precision: MatmulPrecision = Field(
         "highest",
         description="torch.set_float32_matmul_precision for the whole run (training, coherence, fp32 sampling). "
         "highest: exact fp32. medium: fp32 matmuls take bf16-rounded inputs with fp32 accumulation where the "

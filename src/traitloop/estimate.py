@@ -93,8 +93,9 @@ def measure_throughput(log=print) -> dict[str, Any]:
     from traitloop.config import ModelConfig
     from traitloop.precision import fp32_matmul_precision
 
-    with fp32_matmul_precision(ModelConfig().matmul_precision):
-        return _measure_throughput(log) | {"matmul_precision": ModelConfig().matmul_precision}
+    precision = ModelConfig().matmul_precision
+    with fp32_matmul_precision(precision):
+        return _measure_throughput(log) | {"matmul_precision": precision}
 
 
 def _measure_throughput(log) -> dict[str, Any]:
