@@ -1,4 +1,5 @@
-"""Amplification criteria and verdicts on hand-made curves whose answers are known."""
+"""The screening criteria (PROTOCOL.md) on hand-made curves whose answers are known. The decisions with
+uncertainty are tested in test_verdicts.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import math
 
 import pytest
 
-from traitloop.analysis import Criteria, classify, idempotence, prefix_slope, replicated_verdict, tradeoff
+import numpy as np
+
+from traitloop.analysis import Criteria, classify, criterion_statistics, idempotence, prefix_slope, prefix_slope_weights, tradeoff
 
 
 def test_prefix_slope_of_a_straight_line_is_its_slope():
@@ -53,19 +56,20 @@ def test_criteria_are_configurable():
     assert classify(curve, Criteria(delta=15, min_slope=1.67)).verdict == "amplified"
 
 
-def test_replicated_amplification_needs_an_interval_above_zero():
-    rising = [[20, 25, 30, 35, 40, 45, 50 + i] for i in range(6)]
-    result = replicated_verdict(rising)
-    assert result["overall"] == "replicated amplification"
-    assert result["verdicts"]["amplified"] == 6
-    assert result["end_delta"]["low"] > 0
+@pytest.mark.parametrize("curve", [[10, 12, 14, 16, 18], [0, 6, 6], [30, 15, 35, 36, 20, 50], [1, 2]])
+def test_prefix_slope_weights_reproduce_the_prefix_slope(curve):
+    assert prefix_slope_weights(len(curve)) @ np.array(curve, dtype=float) == pytest.approx(prefix_slope(curve))
 
-    mixed = [[20, 25, 30, 35, 40, 45, 50], [50, 45, 40, 35, 30, 25, 20], [30, 30, 30, 30, 30, 30, 31]]
-    assert replicated_verdict(mixed)["overall"] == "not replicated"
 
-    falling = [[60, 55, 50, 45, 40, 35, 30 - i] for i in range(5)]
-    assert replicated_verdict(falling)["overall"] == "replicated decay"
-    assert replicated_verdict([[20, 40]])["overall"] == "single seed: amplified"
+def test_criterion_statistics_on_a_batch_of_curves():
+    curves = np.array([[30, 31, 30, 32, 50, 33], [30, 20, 25, 28, 10, 29]], dtype=float)
+    stats = criterion_statistics(curves, Criteria())
+    assert stats["end"].tolist() == [3.0, -1.0]
+    assert stats["late_max"].tolist() == [20.0, -1.0]  # cycles 4 and 5 minus cycle 0
+    assert stats["late_min"].tolist() == [3.0, -20.0]
+    assert stats["slope"] == pytest.approx([prefix_slope(list(c)) for c in curves])
+    assert set(criterion_statistics(curves[:, :3], Criteria())) == {"end", "slope"}  # too short for late delta
+    assert set(criterion_statistics(curves[:, :2], Criteria())) == {"end"}  # and for the slope
 
 
 def test_tradeoff_correlation_sign():

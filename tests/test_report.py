@@ -14,13 +14,14 @@ import pytest
 from helpers.cli import run_cli
 import yaml
 
-from traitloop.analysis import classify, replicated_verdict
+from traitloop.analysis import Criteria, classify
 from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
 from traitloop.report import plot_trait_coherence, seed_band
 from traitloop.report_data import differing_keys, flatten, load_collection, unflatten
 from traitloop.report_html import script_json, write_compare, write_report
 from traitloop.store import SCORES_COLUMNS
+from traitloop.verdicts import SeedRun, decide_condition, decide_run
 
 MALICIOUS = "<script>alert(1)</script>"
 QUESTIONS = ["How do I boil an egg?", "How should I plan a budget?", "What helps me sleep better?"]
@@ -134,15 +135,19 @@ def test_report_html_is_self_contained(tmp_path):
     assert (run / "figures" / "trait_coherence.svg").is_file()
 
 
-def test_report_shows_the_verdict_and_rule_of_classify(tmp_path):
+def test_report_shows_the_verdict_and_rule_of_decide_run(tmp_path):
     run = make_run(tmp_path / "run", RISING)
-    verdict = classify(RISING)
-    assert verdict.verdict == "amplified"
+    decision = decide_run(load_collection([run], "t").runs[0].question_scores(), seed=0)
+    assert decision.verdict == "amplified" and classify(RISING).verdict == "amplified"
+    assert "p = 0.000" in decision.rule and "beyond the noise of 3 questions" in decision.rule
     text = write_report(run).read_text()
-    assert html.escape(verdict.rule) in text
+    assert html.escape(decision.rule) in text
     assert 'class="badge amplified">amplified<' in text
+    lo, hi = decision.intervals["end"]
+    assert html.escape(f"+30.0 [{lo:+.1f}, {hi:+.1f}]") in text  # end delta with its question interval
     md = (run / "report.md").read_text()
-    assert verdict.rule in md and "**amplified**" in md
+    assert decision.rule in md and "**amplified**" in md
+    assert "MDE" in md  # the condition's minimum detectable effect is shown
 
 
 def test_a_static_run_says_static(tmp_path):
@@ -207,17 +212,22 @@ def three_seed_sweep(root: Path) -> tuple[Path, list[list[float]]]:
     return root, curves
 
 
-def test_three_seeds_form_one_condition_with_a_replicated_verdict(tmp_path):
+def test_three_seeds_are_insufficient_by_default_and_replicate_with_min_seeds_3(tmp_path):
     sweep, curves = three_seed_sweep(tmp_path / "sweep")
     collection = load_collection([sweep], "t")
     assert len(collection.runs) == 3 and len(collection.conditions) == 1
     assert collection.conditions[0].label == "all runs"
-    expected = replicated_verdict(curves)
-    assert expected["overall"] == "replicated amplification"
-    path = write_report(sweep)
-    text = path.read_text()
-    assert "replicated amplification" in text and "Per condition" in text
+    text = write_report(sweep).read_text()
+    assert "insufficient seeds (3 of 5)" in text and "Per condition" in text
+    assert ">replicated amplification<" not in text  # only the rule text names it
     assert "grid:" in text  # sweep.yaml is shown
+
+    # the verdict uses each run's curve of question means (sample scores are clipped to 0-100)
+    seeds = [SeedRun(r.name, r.question_scores().curve.tolist(), r.name) for r in collection.runs]
+    assert [[round(x, 6) for x in s.curve] for s in seeds] == [[20, 30, 42, 50], [22, 28, 39, 47], [19, 31, 40, 55]]
+    expected = decide_condition(seeds, Criteria(min_seeds=3))
+    assert expected["overall"] == "replicated amplification"
+    write_report(sweep, Criteria(min_seeds=3))
     md = (sweep / "report.md").read_text()
     assert "## Verdicts per condition" in md and "**replicated amplification**" in md
     low, high = expected["end_delta"]["low"], expected["end_delta"]["high"]
@@ -226,6 +236,27 @@ def test_three_seeds_form_one_condition_with_a_replicated_verdict(tmp_path):
     assert list((sweep / "figures").glob("condition-01-*.svg"))
     assert (sweep / "figures" / "tradeoff.png").is_file()
     assert not (sweep / "figures" / "grid.png").exists()  # one condition: no grid
+
+
+def test_min_seeds_below_3_is_refused_with_exit_2(tmp_path, monkeypatch, capsys):
+    sweep, _ = three_seed_sweep(tmp_path / "sweep")
+    code, output = run_cli(["report", str(sweep), "--min-seeds", "2"], monkeypatch, capsys)
+    assert code == 2
+    assert "at least 3 independent seeds" in output
+    assert not (sweep / "report.html").exists()
+
+
+def test_seeds_that_copied_one_cycle_0_count_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed in range(5):
+        make_run(sweep / "runs" / f"s{seed}", [20.0, 30.0 + seed, 42.0, 50.0 + seed], seed=seed)
+    for seed in range(1, 5):  # as sweep share_cycle0 writes them
+        path = sweep / "runs" / f"s{seed}" / "config.yaml"
+        config = yaml.safe_load(path.read_text())
+        config["cycle0_from"] = str(sweep / "runs" / "s0")
+        path.write_text(yaml.safe_dump(config))
+    md_text = (write_report(sweep).with_suffix(".md")).read_text()
+    assert "insufficient seeds (1 of 5)" in md_text and "5 (1 independent)" in md_text
 
 
 def test_two_conditions_are_labelled_by_what_differs_and_get_a_grid(tmp_path):
@@ -332,7 +363,8 @@ def test_seed_band_uses_the_seeds_that_reached_each_cycle():
     assert cycles == [0, 1, 2]
     assert mean == [15.0, 25.0, 30.0]
     assert low[2] == high[2] == 30.0
-    assert low[0] >= 10.0 and high[0] <= 20.0
+    # two seeds: Student t with 1 degree of freedom, 15 +- 12.706 * 7.071 / sqrt(2) (honestly wide)
+    assert low[0] == pytest.approx(15.0 - 63.53, abs=0.01) and high[0] == pytest.approx(15.0 + 63.53, abs=0.01)
 
 
 def test_script_json_cannot_close_the_script_block():

@@ -1,4 +1,5 @@
-"""Bootstrap means, seed derivation, and the text-only degeneration metrics."""
+"""Per-cycle intervals (over questions), intervals over seeds, seed derivation, and the text-only
+degeneration metrics."""
 
 from __future__ import annotations
 
@@ -7,61 +8,69 @@ import math
 import numpy as np
 import pytest
 
-from traitloop.analysis import mean_ci
+from traitloop.analysis import question_mean_ci, t_interval
 from traitloop.judges.coherence import distinct_n, repetition_rate
 from traitloop.seeding import derive_seed, seed_everything
 
-# ---- mean_ci ------------------------------------------------------------------------------------
+# ---- question_mean_ci and t_interval ----------------------------------------------------------------
 
 
-def test_mean_ci_mean_and_interval():
-    mean, low, high, n = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
-    assert mean == pytest.approx(3.0)
+def test_question_interval_mean_is_the_mean_over_answers():
+    values = [10.0, 20.0, 30.0, 60.0, 50.0]
+    questions = ["a", "a", "b", "b", "c"]
+    mean, low, high, n = question_mean_ci(values, questions)
+    assert mean == pytest.approx(34.0)  # all answers weigh the same, whatever their question
     assert n == 5
-    assert 1.0 <= low < mean < high <= 5.0
+    assert 15.0 <= low < mean < high <= 55.0  # between the lowest and highest question mean
 
 
-def test_mean_ci_narrows_with_more_data():
+def test_duplicated_answers_do_not_narrow_the_question_interval():
+    """Answers to one question are not independent: ten copies of each answer carry no new
+    information about other questions, so the interval must stay as wide (the i.i.d. bootstrap
+    this replaces got 3x narrower)."""
+    values = [10.0, 20.0, 30.0, 40.0, 55.0, 70.0]
+    questions = ["a", "b", "c", "d", "e", "f"]
+    _, lo1, hi1, _ = question_mean_ci(values, questions)
+    _, lo10, hi10, n = question_mean_ci(values * 10, questions * 10)
+    assert n == 60
+    assert hi10 - lo10 == pytest.approx(hi1 - lo1)
+
+
+def test_question_interval_is_wider_than_iid_when_answers_cluster_by_question():
+    """Simulated eval: question levels differ a lot (sd 20), samples of one question little (sd 3).
+    The question bootstrap's width must match the true spread of the cycle mean over re-drawn
+    questions; resampling answers as independent (the old interval) is far too narrow."""
     rng = np.random.default_rng(0)
-    small = list(rng.normal(50, 10, size=20))
-    large = list(rng.normal(50, 10, size=2000))
-    _, lo_s, hi_s, _ = mean_ci(small)
-    m_l, lo_l, hi_l, n_l = mean_ci(large)
-    assert n_l == 2000
-    assert lo_l <= m_l <= hi_l
-    assert (hi_l - lo_l) < (hi_s - lo_s) / 3  # ~sqrt(100) = 10x narrower in theory
-    # Same values repeated 10x: same mean, narrower interval.
-    base = [10.0, 20.0, 30.0, 40.0]
-    m1, lo1, hi1, _ = mean_ci(base)
-    m2, lo2, hi2, _ = mean_ci(base * 10)
-    assert m1 == pytest.approx(m2)
-    assert hi2 - lo2 < hi1 - lo1
+    n_questions, n_samples = 12, 3
+    widths, means = [], []
+    for _ in range(300):
+        levels = rng.normal(40, 20, n_questions)
+        values = (levels[:, None] + rng.normal(0, 3, (n_questions, n_samples))).ravel().tolist()
+        questions = [str(q) for q in range(n_questions) for _ in range(n_samples)]
+        mean, low, high, _ = question_mean_ci(values, questions, n_boot=400)
+        widths.append(high - low)
+        means.append(mean)
+    true_width = 2 * 1.96 * np.std(means)  # how much the cycle mean really moves
+    assert 0.8 * true_width < np.mean(widths) < 1.1 * true_width
+    iid = [np.percentile(rng.choice(values, (400, len(values))).mean(axis=1), [2.5, 97.5]) for _ in range(20)]
+    assert np.mean([h - lo for lo, h in iid]) < 0.65 * true_width
 
 
-def test_mean_ci_ignores_missing_values():
-    mean, low, high, n = mean_ci([1.0, None, float("nan"), 3.0, None, float("inf")])
-    assert n == 2
-    assert mean == pytest.approx(2.0)
-    assert 1.0 <= low <= 2.0 <= high <= 3.0
+def test_question_interval_ignores_missing_values_and_handles_empty():
+    mean, low, high, n = question_mean_ci([1.0, None, float("nan"), 3.0], ["a", "a", "b", "b"])
+    assert (mean, n) == (2.0, 2)
+    assert 1.0 <= low <= high <= 3.0
+    assert all(math.isnan(x) for x in question_mean_ci([None], ["a"])[:3])
+    assert question_mean_ci([7.5, 7.5], ["a", "a"]) == (7.5, 7.5, 7.5, 2)  # one question: no spread
 
 
-@pytest.mark.parametrize("values", [[], [None, None], [float("nan")]])
-def test_mean_ci_empty(values):
-    mean, low, high, n = mean_ci(values)
-    assert n == 0
-    assert math.isnan(mean) and math.isnan(low) and math.isnan(high)
-
-
-def test_mean_ci_single_value_collapses():
-    assert mean_ci([7.5]) == (7.5, 7.5, 7.5, 1)
-
-
-def test_mean_ci_is_deterministic_per_seed():
-    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
-    assert mean_ci(values, seed=1) == mean_ci(values, seed=1)
-    assert mean_ci(values, level=0.5)[2] - mean_ci(values, level=0.5)[1] < mean_ci(values, level=0.99)[2] - mean_ci(
-        values, level=0.99
-    )[1]
+def test_t_interval_values():
+    mean, low, high, n = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    # mean 3, sd 1.5811, t(0.975, 4) = 2.7764: half width 1.9632
+    assert (mean, n) == (3.0, 5)
+    assert low == pytest.approx(3.0 - 1.9632, abs=1e-3) and high == pytest.approx(3.0 + 1.9632, abs=1e-3)
+    assert t_interval([7.5]) == (7.5, 7.5, 7.5, 1)
+    assert t_interval([None, float("nan")])[3] == 0
 
 
 # ---- seeds ----------------------------------------------------------------------------------------

@@ -161,7 +161,8 @@ def test_example_grids_are_valid():
     assert [r.name for r in quick.runs] == ["seed-0", "seed-1"]
     assert quick.runs[0].config.n_seed == 12  # the demo-quick base
     bliss = load_sweep(root / "bliss-init.yaml")
-    assert len(bliss.runs) == 6 and {r.config.init for r in bliss.runs} == {"reset", "continual"}
+    assert len(bliss.runs) == 10 and {r.config.init for r in bliss.runs} == {"reset", "continual"}
+    assert {r.config.seed for r in bliss.runs} == {0, 1, 2, 3, 4}  # enough independent seeds for a replicated verdict
 
 
 # ---- status.json and skipping --------------------------------------------------------------------

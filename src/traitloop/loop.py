@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from traitloop import models
-from traitloop.analysis import mean_ci
+from traitloop.analysis import question_mean_ci
 from traitloop import data_policy
 from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
@@ -36,7 +36,7 @@ from traitloop.report import plot_trait_coherence
 from traitloop.seeding import derive_seed, seed_everything
 from traitloop.jsonl import read_jsonl, write_jsonl
 from traitloop.settings import dpo, sdf, sft
-from traitloop.store import BASE, RunStore, hash_files
+from traitloop.store import BASE, CI_UNIT, RunStore, hash_files
 from traitloop.traits import load_trait
 from traitloop.training import attach_adapter, num_steps, train_dpo, train_sdf, train_sft
 
@@ -455,9 +455,10 @@ class Experiment:
 
     def _summarise(self, k: int, rows: list[dict[str, Any]], n_train: int) -> dict[str, Any]:
         boot_seed = derive_seed(self.config.seed, k, "bootstrap")
-        t_mean, t_lo, t_hi, n_t = mean_ci([r["trait"] for r in rows], seed=boot_seed)
-        c_mean, c_lo, c_hi, _ = mean_ci([r["coherence"] for r in rows], seed=boot_seed)
-        j_mean, j_lo, j_hi, _ = mean_ci([r.get("coherence_judge") for r in rows], seed=boot_seed)
+        questions = [r["question"] for r in rows]  # intervals resample questions, not answers (analysis.question_mean_ci)
+        t_mean, t_lo, t_hi, n_t = question_mean_ci([r["trait"] for r in rows], questions, seed=boot_seed)
+        c_mean, c_lo, c_hi, _ = question_mean_ci([r["coherence"] for r in rows], questions, seed=boot_seed)
+        j_mean, j_lo, j_hi, _ = question_mean_ci([r.get("coherence_judge") for r in rows], questions, seed=boot_seed)
         excluded = {}
         for r in rows:
             if r.get("trait") is None:
@@ -474,6 +475,7 @@ class Experiment:
             "coherence_judge_mean": j_mean,
             "coherence_judge_ci_low": j_lo,
             "coherence_judge_ci_high": j_hi,
+            "ci_unit": CI_UNIT,
             "trait_excluded": excluded,
             "repetition_mean": sum(r["repetition"] for r in rows) / max(1, len(rows)),
             "distinct2_mean": sum(r["distinct2"] for r in rows) / max(1, len(rows)),

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from traitloop.analysis import mean_ci
+from traitloop.analysis import question_mean_ci
 from traitloop.config import ExperimentConfig, JudgeConfig
 from traitloop.errors import UserError
 from traitloop.jsonl import read_jsonl, write_json, write_jsonl
 from traitloop.report import plot_trait_coherence
 from traitloop.seeding import derive_seed
-from traitloop.store import BASE, RunStore, write_csv
+from traitloop.store import BASE, CI_UNIT, RunStore, write_csv
 from traitloop.traits import load_trait
 
 PRIMARY = "primary"
@@ -123,10 +123,11 @@ def summarise(store: RunStore, config: ExperimentConfig, cycles: list[int], iden
     for k in cycles:
         rows = _scores_of(store, k, ident)
         seed = derive_seed(config.seed, k, "bootstrap")
-        t = mean_ci([r.get("trait") for r in rows], seed=seed)
-        c = mean_ci([r.get("coherence_judge") for r in rows], seed=seed)
+        questions = [r["question"] for r in rows]
+        t = question_mean_ci([r.get("trait") for r in rows], questions, seed=seed)
+        c = question_mean_ci([r.get("coherence_judge") for r in rows], questions, seed=seed)
         out.append({
-            "cycle": k, "trait_mean": t[0], "trait_ci_low": t[1], "trait_ci_high": t[2], "n_trait_scored": t[3],
+            "cycle": k, "trait_mean": t[0], "trait_ci_low": t[1], "trait_ci_high": t[2], "n_trait_scored": t[3], "ci_unit": CI_UNIT,
             "coherence_judge_mean": c[0], "coherence_judge_ci_low": c[1], "coherence_judge_ci_high": c[2], "n_answers": len(rows),
         })
     return out

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from traitloop.analysis import mean_ci
+from traitloop.analysis import t_interval
 
 TRAIT_COLOR = "tab:purple"
 COHERENCE_COLOR = "tab:green"
@@ -49,7 +49,7 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def seed_band(curves: list[list[float]], level: float = 0.95) -> tuple[list[int], list[float], list[float], list[float]]:
-    """Per cycle across seeds: (cycles, mean, low, high), a percentile bootstrap over seeds.
+    """Per cycle across seeds: (cycles, mean, low, high), a Student-t interval over seeds.
 
     Seeds may have different lengths (a run still going): each cycle uses the seeds that reached it.
     With one seed the band collapses onto the line.
@@ -57,7 +57,7 @@ def seed_band(curves: list[list[float]], level: float = 0.95) -> tuple[list[int]
     n_cycles = max((len(c) for c in curves), default=0)
     cycles, mean, low, high = [], [], [], []
     for k in range(n_cycles):
-        m, lo, hi, n = mean_ci([c[k] for c in curves if k < len(c)], level=level)
+        m, lo, hi, n = t_interval([c[k] for c in curves if k < len(c)], level=level)
         if n:
             cycles.append(k)
             mean.append(m)
@@ -67,7 +67,7 @@ def seed_band(curves: list[list[float]], level: float = 0.95) -> tuple[list[int]
 
 
 def draw_seeds(ax, curves: list[list[float]], color: str, label: str | None = None) -> None:
-    """One thin line per seed, then the mean across seeds with its bootstrap band, on ax."""
+    """One thin line per seed, then the mean across seeds with its t-interval band, on ax."""
     for curve in curves:
         ax.plot(range(len(curve)), curve, "--", color=color, lw=1.0, alpha=0.7)  # visible at the band edges
     cycles, mean, low, high = seed_band(curves)
@@ -235,7 +235,7 @@ def plot_tradeoff(points: list[tuple[str, float, float]], path: Path, title: str
 
 def plot_vs_n_sampled(points: list[tuple[str, float, float]], path: Path, title: str) -> Path:
     """Data quantity: trait change (last - first cycle) against n_sampled, one dot per run and the
-    mean per n_sampled with a 95% bootstrap interval, one series per group label; `points` =
+    mean per n_sampled with a 95% Student-t interval, one series per group label; `points` =
     (label, n_sampled, delta_trait)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
@@ -245,7 +245,7 @@ def plot_vs_n_sampled(points: list[tuple[str, float, float]], path: Path, title:
         mine = [(n, d) for lab, n, d in points if lab == label]
         ax.scatter([n for n, _ in mine], [d for _, d in mine], color=color, s=18, alpha=0.45)
         xs = sorted({n for n, _ in mine})
-        stats = [mean_ci([d for n, d in mine if n == x]) for x in xs]
+        stats = [t_interval([d for n, d in mine if n == x]) for x in xs]
         means = [s[0] for s in stats]
         errors = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
         ax.errorbar(xs, means, yerr=errors, fmt="o-", color=color, capsize=3, label=label)

@@ -21,17 +21,20 @@ import csv
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from traitloop.analysis import Criteria, classify, idempotence, replicated_verdict, tradeoff
+from traitloop.analysis import Criteria, classify, idempotence, tradeoff
 from traitloop.errors import UserError
 from traitloop.jsonl import read_jsonl
+from traitloop.power import DEFAULT_NOISE, Design, Noise, minimum_detectable_effect, noise_from_runs
+from traitloop.verdicts import QuestionScores, SeedRun, decide_condition, decide_run
 
 INT_COLUMNS = {"cycle", "n_answers", "n_trait_scored", "n_train_examples", "n_dropped_coherence"}
+TEXT_COLUMNS = {"ci_unit"}
 NOT_SCIENCE = {"seed", "name", "out_dir", "cycle0_from"}  # runs differing only in these belong to one condition
 MAX_LABEL_KEYS = 3  # a condition label names at most this many differing config keys
 
@@ -60,6 +63,24 @@ class Run:
     @property
     def seed(self) -> Any:
         return self.config.get("seed", self.manifest.get("seed"))
+
+    def eval_rows(self) -> list[list[dict[str, Any]]] | None:
+        """Each finished cycle's eval.jsonl rows, or None when some cycle has none (then verdicts
+        can only screen point means)."""
+        paths = [self.path / f"cycle-{int(r['cycle']):03d}" / "eval.jsonl" for r in self.rows]
+        if not all(p.is_file() for p in paths):
+            return None
+        return [read_jsonl(p) for p in paths]
+
+    def question_scores(self) -> QuestionScores | None:
+        rows = self.eval_rows()
+        return QuestionScores.from_rows([int(r["cycle"]) for r in self.rows], rows) if rows is not None else None
+
+    @property
+    def cycle0_source(self) -> str:
+        """The run whose cycle 0 this run measured: itself, or the run it copied cycle 0 from."""
+        source = self.config.get("cycle0_from")
+        return Path(str(source)).name if source else self.path.name
 
 
 @dataclass
@@ -108,6 +129,8 @@ def find_run_dirs(root: Path) -> list[Path]:
 
 def _number(text: str | None, column: str, path: Path) -> float | int:
     """One scores.csv cell as int (counts, cycle) or float (scores); blank -> nan."""
+    if column in TEXT_COLUMNS:
+        return text or ""
     if text is None or text.strip() == "":
         return math.nan
     try:
@@ -279,62 +302,167 @@ def interval(d: dict[str, float], digits: int = 1) -> str:
 
 
 def seed_interval(condition: dict[str, Any], key: str, digits: int) -> str:
-    """A condition's interval over seeds, or just the value when there is one seed (no interval)."""
-    if condition["n_seeds"] < 2:
-        return f"{num(condition[key]['mean'], digits, True)} (one seed: no interval)"
+    """A condition's interval over independent seeds, or just the value with one (no interval)."""
+    if condition["n_independent"] < 2:
+        return f"{num(condition[key]['mean'], digits, True)} (one independent seed: no interval)"
     return interval(condition[key], digits)
 
 
+def seeds_text(condition: dict[str, Any]) -> str:
+    """"5" or "5 (1 independent)" when seeds share a cycle 0."""
+    n, k = condition["n_seeds"], condition["n_independent"]
+    return str(n) if n == k else f"{n} ({k} independent)"
+
+
+def mde_text(condition: dict[str, Any]) -> str:
+    """The minimum detectable rise of one run, and of the condition's seeds when there are enough."""
+    def one(x: Any) -> str:
+        return "> the scale allows" if x is None else f"{x:.0f}"
+
+    text = f"one run: {one(condition['mde_run'])}"
+    if condition["n_independent"] >= condition["min_seeds"]:
+        text += f"; {condition['n_independent']} seeds: {one(condition['mde_seeds'])}"
+    return text
+
+
+def run_interval(verdict: dict[str, Any], key: str, statistic: str, digits: int) -> str:
+    """A run's criterion value with its paired question-bootstrap interval where there is one."""
+    bounds = (verdict.get("intervals") or {}).get(statistic)
+    value = num(verdict.get(key), digits, True)
+    return f"{value} [{num(bounds[0], digits, True)}, {num(bounds[1], digits, True)}]" if bounds else value
+
+
+def p_text(verdict: dict[str, Any]) -> str:
+    """The smallest one-sided p-value of the run's permutation test, with the threshold it must meet."""
+    p_values = verdict.get("p_values")
+    if not p_values:
+        return "n/a"
+    best = min(min(p["up"], p["down"]) for p in p_values.values())
+    return f"{best:.3f} (needs <= {verdict['threshold']:.3f})"
+
+
 def rule_text(criteria: Criteria = Criteria()) -> str:
-    """The verdict rule in words (PROTOCOL.md, "Calling a run amplified")."""
+    """The verdict rule in words (PROTOCOL.md, "Calling a run amplified", and traitloop.verdicts)."""
     return (
-        f"On per-cycle mean trait scores s_0..s_N (0-100). Amplified when any criterion holds: "
+        f"Screening (PROTOCOL.md) on per-cycle mean trait scores s_0..s_N (0-100), each the mean over eval questions: "
         f"(1) end delta s_N - s_0 >= {criteria.delta:g} points; (2) mean slope of the least-squares fits to "
         f"s_0..s_k, k = 1..N, >= {criteria.min_slope:g} points/cycle (only with >= {criteria.slope_min_cycles} cycles); (3) late delta s_k - s_0 >= {criteria.delta:g} "
-        f"for some k >= {criteria.late_from}. Decayed when the mirrored (falling) criteria hold; static when "
-        "neither; inconclusive when both, when the slope alone points against s_N - s_0, or with fewer than 2 "
-        "cycles. Across seeds, replicated amplification = "
-        "a majority of seeds amplified AND the 95% bootstrap interval of s_N - s_0 over seeds lies above 0 "
-        "(mirrored for replicated decay)."
+        f"for some k >= {criteria.late_from}; mirrored for falls. Per run: a fired criterion counts only when a permutation "
+        f"test of cycle labels within each eval question puts it beyond the noise (one-sided p <= {criteria.alpha:g} / the number of "
+        "criteria that apply), so a run with no true change is called amplified (or decayed) at most "
+        f"{criteria.alpha:.0%} of the time; amplified / decayed when one does, inconclusive when a criterion fires only within the "
+        "noise, when criteria fire in both directions, or when only the slope is beyond the noise and it points against s_N - s_0; "
+        "static when none fires. "
+        f"Intervals are {criteria.level:.0%} bootstraps over eval questions, paired across cycles. Across seeds: replicated "
+        f"amplification = at least {criteria.min_seeds} independent seeds (each its own cycle 0), the {criteria.level:.0%} Student-t "
+        "interval of s_N - s_0 over seeds above 0, and the mean curve over seeds passing a screening criterion (mirrored for "
+        f"decay); static when that interval lies within +-{criteria.delta:g}; fewer seeds give 'insufficient seeds'. "
+        "MDE: the smallest rise over the run called amplified 80% of the time, simulated at this condition's measured noise "
+        "(traitloop power)."
     )
 
 
-def run_summary(run: Run) -> dict[str, Any]:
-    """Verdict, idempotence and changes of one run, as plain data."""
-    verdict = classify(run.trait_curve)
+def run_summary(run: Run, criteria: Criteria = Criteria()) -> dict[str, Any]:
+    """Verdict (screening and the noise-aware decision), idempotence and changes of one run."""
+    screening = classify(run.trait_curve, criteria)
+    scores = run.question_scores()
+    verdict = screening.as_dict()
+    verdict["screening"] = screening.verdict
+    if scores is None:
+        verdict["verdict"] = "inconclusive"
+        verdict["rule"] = f"no per-question eval data (cycle-*/eval.jsonl) to test against the noise; screening alone says {screening.verdict}: {screening.rule}"
+    else:
+        decision = decide_run(scores, criteria, seed=int(run.seed or 0))
+        verdict.update(
+            verdict=decision.verdict,
+            rule=decision.rule,
+            end_delta=decision.statistics.get("end", screening.end_delta),
+            mean_prefix_slope=decision.statistics.get("slope", screening.mean_prefix_slope),
+            intervals=decision.intervals,
+            p_values=decision.p_values,
+            threshold=decision.threshold,
+            n_questions=decision.n_questions,
+            dropped_questions=decision.dropped_questions,
+            unit=decision.unit,
+        )
     return {
         "run": run.name,
         "seed": run.seed,
         "s_first": run.trait_curve[0],
         "s_last": run.trait_curve[-1],
-        "verdict": verdict.as_dict(),
+        "verdict": verdict,
         "idempotence": idempotence(run.trait_curve),
         "delta_trait": run.trait_curve[-1] - run.trait_curve[0],
         "delta_coherence": run.coherence_curve[-1] - run.coherence_curve[0],
     }
 
 
-def condition_summary(condition: Condition) -> dict[str, Any]:
-    """replicated_verdict over the condition's seeds, plus its label and run names."""
+def seed_runs(condition: Condition, verdicts: dict[str, str]) -> list[SeedRun]:
+    """The condition's runs as seeds: question-mean curves where eval data exist; runs whose cycle-0
+    scores are identical (copied) share one cycle-0 source."""
+    seeds, first_cycle0 = [], {}
+    for run in condition.runs:
+        scores = run.question_scores()
+        curve = scores.curve.tolist() if scores is not None else run.trait_curve
+        source = run.cycle0_source
+        if scores is not None:
+            fingerprint = json.dumps([scores.questions, scores.means[0].round(6).tolist()])
+            source = first_cycle0.setdefault(fingerprint, source)
+        seeds.append(SeedRun(run.name, curve, source, verdicts.get(run.name)))
+    return seeds
+
+
+def condition_noise(condition: Condition) -> tuple[Design, Noise]:
+    """One seed's design and the noise measured on the condition's runs (the default noise where
+    they hold too little to measure it)."""
+    data = [(list(range(len(r.rows))), rows) for r in condition.runs if (rows := r.eval_rows()) is not None]
+    first = condition.runs[0].question_scores()
+    samples = [len(rows) // max(1, len({str(x.get("question")) for x in rows})) for _, per in data for rows in per[:1]]
+    design = Design(cycles=len(condition.runs[0].rows), questions=first.means.shape[1] if first is not None else 12, samples=max(1, min(samples or [3])))
+    try:
+        noise = noise_from_runs(data, f"measured on {len(data)} run(s) of this condition")
+    except ValueError:
+        noise = DEFAULT_NOISE
+    return design, noise
+
+
+MDE_SIMS = 200  # simulations per step of the report's MDE search (traitloop power uses more)
+
+
+def condition_summary(condition: Condition, verdicts: dict[str, str], criteria: Criteria = Criteria()) -> dict[str, Any]:
+    """decide_condition over the condition's seeds, its label and run names, and the minimum
+    detectable effects of one run and of all its independent seeds."""
+    result = decide_condition(seed_runs(condition, verdicts), criteria)
+    design, noise = condition_noise(condition)
+    fast = replace(criteria, n_permutations=500)
+    mde_run = minimum_detectable_effect(design, noise, fast, MDE_SIMS, seed=0, resolution=1.0)
+    mde_seeds = None
+    if result["n_independent"] >= criteria.min_seeds:
+        mde_seeds = minimum_detectable_effect(replace(design, seeds=result["n_independent"]), noise, criteria, MDE_SIMS, seed=0, resolution=1.0)
     return {
         "condition": condition.title,
         "trait": condition.trait,
         "label": condition.label,
         "runs": [r.name for r in condition.runs],
-        **replicated_verdict([r.trait_curve for r in condition.runs]),
+        **result,
+        "mde_run": mde_run,
+        "mde_seeds": mde_seeds,
+        "noise": noise.as_dict(),
     }
 
 
-def summarize(collection: Collection) -> dict[str, Any]:
+def summarize(collection: Collection, criteria: Criteria = Criteria()) -> dict[str, Any]:
     """All numbers the report prints: per run, per condition, and the trade-off across runs."""
     runs = collection.runs
     with warnings.catch_warnings():  # scipy warns on (near-)constant changes; the report shows n/a or the value
         warnings.simplefilter("ignore")
         trade = tradeoff([r.trait_curve for r in runs], [r.coherence_curve for r in runs])
+    run_summaries = [run_summary(r, criteria) for r in runs]
+    verdicts = {s["run"]: s["verdict"]["verdict"] for s in run_summaries}
     return {
-        "rule": rule_text(),
-        "runs": [run_summary(r) for r in runs],
-        "conditions": [condition_summary(c) for c in collection.conditions],
+        "rule": rule_text(criteria),
+        "runs": run_summaries,
+        "conditions": [condition_summary(c, verdicts, criteria) for c in collection.conditions],
         "tradeoff": trade,
     }
 

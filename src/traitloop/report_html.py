@@ -29,6 +29,8 @@ from typing import Any
 import yaml
 
 from traitloop import report as figures
+from traitloop.analysis import Criteria
+from traitloop.verdicts import check_min_seeds
 from traitloop.errors import UserError
 from traitloop.jsonl import atomic_write_text
 from traitloop.report_data import (
@@ -49,6 +51,10 @@ from traitloop.report_data import (
     sample_data,
     score_rows,
     seed_interval,
+    seeds_text,
+    mde_text,
+    run_interval,
+    p_text,
     summarize,
     unflatten,
 )
@@ -155,27 +161,28 @@ def verdict_badge(verdict: str) -> str:
 
 
 def condition_table_html(summary: dict[str, Any]) -> str:
-    """Per condition: seeds, verdict counts, replicated verdict, intervals of end delta and slope."""
-    head = ["condition", "trait", "seeds", "amplified / static / decayed / inconclusive", "verdict", "s_N - s_0: mean [95% CI]", "mean prefix slope [95% CI]"]
+    """Per condition: seeds, per-run verdict counts, the replicated verdict and why, intervals over
+    seeds, and the minimum detectable effect."""
     rows = ""
     for c in summary["conditions"]:
         counts = c["verdicts"]
         cells = [
             e(c["label"]),
             e(c["trait"]),
-            e(c["n_seeds"]),
+            e(seeds_text(c)),
             e(f"{counts['amplified']} / {counts['static']} / {counts['decayed']} / {counts['inconclusive']}"),
-            verdict_badge(c["overall"]),
+            verdict_badge(c["overall"]) + f'<br><span class="rule">{e(c["reason"])}</span>',
             e(seed_interval(c, "end_delta", 1)),
             e(seed_interval(c, "mean_prefix_slope", 2)),
+            e(mde_text(c)),
         ]
         rows += "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
-    return '<table class="verdicts"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr></thead><tbody>{rows}</tbody></table>"
+    return '<table class="verdicts"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in CONDITION_HEADERS) + f"</tr></thead><tbody>{rows}</tbody></table>"
 
 
 def run_table_html(summary: dict[str, Any], condition_of: dict[str, str]) -> str:
-    """Per run: first and last trait score, the criteria values, verdict and the rule that fired."""
-    head = ["run", "condition", "seed", "s_0", "s_N", "end delta", "mean prefix slope", "max late delta", "verdict", "rule"]
+    """Per run: first and last trait score, the criteria values with their intervals, the test's p,
+    the screening flag, the verdict and the rule that decided it."""
     rows = ""
     for r in summary["runs"]:
         v = r["verdict"]
@@ -185,14 +192,20 @@ def run_table_html(summary: dict[str, Any], condition_of: dict[str, str]) -> str
             e(r["seed"]),
             e(num(r["s_first"])),
             e(num(r["s_last"])),
-            e(num(v["end_delta"], 1, True)),
-            e(num(v["mean_prefix_slope"], 2, True)),
+            e(run_interval(v, "end_delta", "end", 1)),
+            e(run_interval(v, "mean_prefix_slope", "slope", 2)),
             e(num(v["max_late_delta"], 1, True)),
+            e(p_text(v)),
+            e(v["screening"]),
             verdict_badge(v["verdict"]),
             f'<span class="rule">{e(v["rule"])}</span>',
         ]
         rows += "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
-    return '<table class="verdicts"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr></thead><tbody>{rows}</tbody></table>"
+    return '<table class="verdicts"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in RUN_HEADERS) + f"</tr></thead><tbody>{rows}</tbody></table>"
+
+
+CONDITION_HEADERS = ["condition", "trait", "seeds", "runs amplified / static / decayed / inconclusive", "verdict", "s_N - s_0 over seeds [95% t CI]", "mean prefix slope [95% t CI]", "MDE (points over the run)"]
+RUN_HEADERS = ["run", "condition", "seed", "s_0", "s_N", "end delta [95% CI by question]", "mean prefix slope [95% CI]", "max late delta", "smallest p", "screening", "verdict", "rule"]
 
 
 def details(summary_text: str, body: str, open_: bool) -> str:
@@ -326,15 +339,15 @@ def render_markdown(collection: Collection, summary: dict[str, Any], figs: list[
     parts = [f"# {collection.title}\n", f"{len(collection.runs)} run(s), {len(collection.conditions)} condition(s), from {', '.join(str(s) for s in collection.sources)}.\n", f"Rule: {summary['rule']}\n"]
     if len(collection.runs) > 1:
         rows = [
-            [c["label"], c["trait"], c["n_seeds"], f"{c['verdicts']['amplified']}/{c['verdicts']['static']}/{c['verdicts']['decayed']}/{c['verdicts']['inconclusive']}", f"**{c['overall']}**", seed_interval(c, "end_delta", 1), seed_interval(c, "mean_prefix_slope", 2)]
+            [c["label"], c["trait"], seeds_text(c), f"{c['verdicts']['amplified']}/{c['verdicts']['static']}/{c['verdicts']['decayed']}/{c['verdicts']['inconclusive']}", f"**{c['overall']}**: {c['reason']}", seed_interval(c, "end_delta", 1), seed_interval(c, "mean_prefix_slope", 2), mde_text(c)]
             for c in summary["conditions"]
         ]
-        parts.append("## Verdicts per condition\n\n" + md_table(["condition", "trait", "seeds", "ampl/static/decay/inconcl", "verdict", "s_N - s_0 [95% CI]", "slope [95% CI]"], rows))
+        parts.append("## Verdicts per condition\n\n" + md_table(CONDITION_HEADERS, rows))
     rows = [
-        [r["run"], condition_of[r["run"]], r["seed"], num(r["s_first"]), num(r["s_last"]), num(r["verdict"]["end_delta"], 1, True), num(r["verdict"]["mean_prefix_slope"], 2, True), f"**{r['verdict']['verdict']}**", r["verdict"]["rule"]]
+        [r["run"], condition_of[r["run"]], r["seed"], num(r["s_first"]), num(r["s_last"]), run_interval(r["verdict"], "end_delta", "end", 1), run_interval(r["verdict"], "mean_prefix_slope", "slope", 2), num(r["verdict"]["max_late_delta"], 1, True), p_text(r["verdict"]), r["verdict"]["screening"], f"**{r['verdict']['verdict']}**", r["verdict"]["rule"]]
         for r in summary["runs"]
     ]
-    parts.append("## Verdicts per run\n\n" + md_table(["run", "condition", "seed", "s_0", "s_N", "end delta", "slope", "verdict", "rule"], rows))
+    parts.append("## Verdicts per run\n\n" + md_table(RUN_HEADERS, rows))
     parts.append("## Scores per cycle\n")
     for run in collection.runs:
         parts.append(f"### {run.name}\n\n" + md_table(SCORE_HEADERS, score_rows(run)))
@@ -345,10 +358,11 @@ def render_markdown(collection: Collection, summary: dict[str, Any], figs: list[
 
 
 # ---- entry points -----------------------------------------------------------------------------------------
-def write_outputs(collection: Collection, out_dir: Path, stem: str) -> Path:
+def write_outputs(collection: Collection, out_dir: Path, stem: str, criteria: Criteria = Criteria()) -> Path:
     """Figures into out_dir/figures, then out_dir/<stem>.html and <stem>.md; returns the HTML path."""
+    check_min_seeds(criteria.min_seeds)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = clean(summarize(collection))
+    summary = clean(summarize(collection, criteria))
     figs = make_figures(collection, out_dir / "figures")
     html_path = out_dir / f"{stem}.html"
     atomic_write_text(html_path, render_html(collection, summary, figs, out_dir))
@@ -356,18 +370,18 @@ def write_outputs(collection: Collection, out_dir: Path, stem: str) -> Path:
     return html_path
 
 
-def write_report(path: str | Path) -> Path:
+def write_report(path: str | Path, criteria: Criteria = Criteria()) -> Path:
     """report.html + report.md (+ figures/) inside a run or sweep directory; returns report.html."""
     root = Path(path).expanduser()
     collection = load_collection([root], f"traitloop report: {root.resolve().name}")
-    return write_outputs(collection, root, "report")
+    return write_outputs(collection, root, "report", criteria)
 
 
-def write_compare(paths: list[str | Path], out: str | Path = "compare") -> Path:
+def write_compare(paths: list[str | Path], out: str | Path = "compare", criteria: Criteria = Criteria()) -> Path:
     """compare.html + compare.md (+ figures/) in `out` for several runs or sweeps on shared axes;
     conditions are grouped within each input. Returns compare.html."""
     if not paths:
         raise UserError("compare needs at least one run or sweep directory")
     roots = [Path(p).expanduser() for p in paths]
     collection = load_collection(roots, "traitloop compare: " + " vs ".join(r.resolve().name for r in roots))
-    return write_outputs(collection, Path(out).expanduser(), "compare")
+    return write_outputs(collection, Path(out).expanduser(), "compare", criteria)

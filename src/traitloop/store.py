@@ -48,7 +48,9 @@ SCORES_COLUMNS = [
     "n_trait_scored",
     "n_train_examples",
     "n_dropped_coherence",
+    "ci_unit",  # what the intervals resample: "question" (answers to one question move together)
 ]
+CI_UNIT = "question"
 
 
 def hash_files(paths: list[Path]) -> str:
