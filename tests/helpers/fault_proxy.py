@@ -1,7 +1,11 @@
 """A fault-injecting HTTP proxy for judge tests: it sits between the api judge and a real
 OpenAI-compatible server and, per prompt, answers with a scripted fault before passing requests on.
 
-Actions, consumed one per request for a prompt whose text contains the plan's key:
+Requests are counted per (user prompt, prefilled assistant reply or None): the api judge continues
+a prefilled reply to read a number digit by digit. Other POSTs (vLLM's /tokenize) pass through and
+are counted under (their "prompt", None).
+
+Actions, consumed one per request whose user prompt contains the plan's key (continuations included):
   "429"       429 Too Many Requests with Retry-After: 0.2
   "500"       500 Internal Server Error
   "hang"      wait `hang_s` seconds, then close without answering (past the client's timeout)
@@ -24,8 +28,8 @@ class FaultProxy:
         self.upstream = upstream.rstrip("/").removesuffix("/v1")  # request paths already start with /v1
         self.hang_s = hang_s
         self.plan: dict[str, list[str]] = {}
-        self.seen = Counter()  # prompt -> requests received
-        self.forwarded = Counter()  # prompt -> requests passed to the real server
+        self.seen = Counter()  # (prompt, prefill) -> requests received
+        self.forwarded = Counter()  # (prompt, prefill) -> requests passed to the real server
         self.auth_headers: set[str] = set()
         self.lock = threading.Lock()
         proxy = self
@@ -36,9 +40,9 @@ class FaultProxy:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                prompt = json.loads(body)["messages"][-1]["content"]
+                prompt, prefill = request_of(json.loads(body))
                 with proxy.lock:
-                    proxy.seen[prompt] += 1
+                    proxy.seen[prompt, prefill] += 1
                     proxy.auth_headers.add(self.headers.get("authorization", ""))
                     action = "ok"
                     for key, actions in proxy.plan.items():
@@ -57,7 +61,7 @@ class FaultProxy:
                 with urllib.request.urlopen(request, timeout=120) as response:
                     payload = response.read()
                 with proxy.lock:
-                    proxy.forwarded[prompt] += 1
+                    proxy.forwarded[prompt, prefill] += 1
                 if action == "truncate":
                     payload = payload[: len(payload) // 2]
                 self._reply(200, payload)
@@ -86,3 +90,12 @@ class FaultProxy:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def request_of(body: dict) -> tuple[str, str | None]:
+    """(user prompt, prefilled assistant reply or None) of a chat request; ("prompt", None) of another."""
+    messages = body.get("messages")
+    if not messages:
+        return str(body.get("prompt", "")), None
+    prompt = [m["content"] for m in messages if m["role"] == "user"][-1]
+    return prompt, messages[-1]["content"] if messages[-1]["role"] == "assistant" else None

@@ -1,12 +1,25 @@
 """The `api` judge: any OpenAI-compatible chat endpoint (OpenAI, a vLLM server, llama.cpp, ...).
 
-One output token at temperature 0 with the top-20 logprobs, read by judges/prompts.py. Requests run
-concurrently (at most `concurrency` in flight). A request that meets a 429, a 5xx, a timeout, a
-dropped connection or a malformed body is retried with exponential backoff and jitter (a Retry-After
-header wins); after `max_attempts` it becomes a missing score with its reason, never a made-up
-number. Every reading is cached on disk keyed by (endpoint model, full prompt), so a resumed or
-repeated judging pass pays for nothing twice. The API key is read from the environment variable
-named in the config and is never written anywhere.
+One output token at temperature 0 with the top-20 logprobs, read by judges/prompts.py. That reads
+integers exactly only when each integer 0-100 is one token. Many tokenizers (Qwen, Gemma, Mistral,
+SmolLM2) split numbers into digits, and the first token of "85" is "8"; so the judge first finds
+out how its tokenizer writes numbers (`detect`: the server's tokenizer endpoint, vLLM's
+POST /tokenize, where it has one) and, for a tokenizer that splits them, follows the reply digit by
+digit: one more request per likely digit prefix, with the assistant reply prefilled with that
+prefix and continued (`continue_final_message`, which vLLM supports), until the probability of
+every integer reply 0-100 is known (prompts.read_reply_trie). Without a tokenizer endpoint, a reply
+whose top-20 first tokens hold a number of two or more digits proves whole-number tokens and is read
+from its first token; any other reply is followed digit by digit. When a reply must be followed and
+the endpoint will not continue a prefilled reply, the judge refuses (UserError) rather than read
+the first digit as the score.
+
+Requests run concurrently (at most `concurrency` in flight). A request that meets a 429, a 5xx, a
+timeout, a dropped connection or a malformed body is retried with exponential backoff and jitter (a
+Retry-After header wins); after `max_attempts` the answer gets a missing score with its reason,
+never a made-up number. Every reading is cached on disk keyed by the endpoint, the model, the full
+prompt and every parameter of the reading (`reading_params`), so a repeated judging pass pays for
+nothing twice and a change of endpoint or reading method never reuses an old reading. The API key is
+read from the environment variable named in the config and is never written anywhere.
 """
 
 from __future__ import annotations
@@ -24,7 +37,18 @@ from typing import Any
 from traitloop.config import JudgeConfig
 from traitloop.errors import UserError
 from traitloop.judges.base import Score
-from traitloop.judges.prompts import Reading, coherence_prompts, read_logprobs, read_text, trait_prompts
+from traitloop.judges.prompts import (
+    FOLLOW_MIN_P,
+    Reading,
+    Top,
+    coherence_prompts,
+    has_multidigit_number,
+    prefixes_to_follow,
+    read_logprobs,
+    read_reply_trie,
+    read_text,
+    trait_prompts,
+)
 from traitloop.traits import Trait
 
 
@@ -33,8 +57,9 @@ class MalformedResponse(Exception):
 
 
 class ReadingCache:
-    """sqlite table: key = sha256(model, prompt) -> reading. Only real readings are stored, never
-    transport failures, so a failed request is tried again next time."""
+    """sqlite table: key = sha256 of everything a reading depends on (ApiJudge.request_identity) ->
+    reading. Only real readings are stored, never transport failures, so a failed request is tried
+    again next time."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,8 +71,8 @@ class ReadingCache:
         self._db.commit()
 
     @staticmethod
-    def key(model: str, prompt: str) -> str:
-        return hashlib.sha256(f"{model}\x00{prompt}".encode()).hexdigest()
+    def key(identity: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     def get(self, key: str) -> Reading | None:
         with self._lock:
@@ -74,8 +99,20 @@ def default_cache_path() -> Path:
     return Path(os.environ.get("TRAITLOOP_JUDGE_CACHE", cache_dir() / "judge-cache.sqlite"))
 
 
+TOP_LOGPROBS = 20
+TEXT_REPLY_TOKENS = 8  # without logprobs, the reply is read as text: enough tokens for "100" in digits
+READING_METHOD = "first token, or the reply's digits followed by continuation (v1)"
+CONTINUE_PREFILL = {"continue_final_message": True, "add_generation_prompt": False}  # vLLM's chat extras
+
+
+class RequestFailed(Exception):
+    """A request that ended without a usable answer; the message is the reading's reason."""
+
+
 class ApiJudge:
-    def __init__(self, config: JudgeConfig, trait: Trait, cache_path: Path | None = None, documents: bool = False):
+    def __init__(self, config: JudgeConfig, trait: Trait, cache_path: Path | None = None, documents: bool = False,
+                 make_client=None):
+        """make_client: () -> an AsyncOpenAI-like client (default: the openai package's, on base_url)."""
         self.config = config
         self.documents = documents  # SDF: (document prefix, continuation) with the trait's doc_rubric
         self.trait = trait
@@ -83,8 +120,11 @@ class ApiJudge:
         self.base_url = config.base_url or os.environ.get("OPENAI_BASE_URL")
         if not self.base_url:
             raise UserError("judge.kind=api needs judge.base_url or the environment variable OPENAI_BASE_URL")
+        self.make_client = make_client or self._openai_client
         self.cache = ReadingCache(cache_path or default_cache_path())
-        self.usage = {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0, "failed": 0}
+        self.usage = {"requests": 0, "continuations": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                      "retries": 0, "failed": 0}
+        self.number_tokens: str | None = None  # "split" | "whole" | "unknown", set by detect()
 
     def info(self) -> dict[str, Any]:
         c = self.config
@@ -94,9 +134,22 @@ class ApiJudge:
             "model": c.model,
             "base_url": self.base_url,
             "api_key_env": c.api_key_env,  # the name of the variable, never its value
-            "method": "first token, temperature 0, top-20 logprobs, probability-weighted 0-100",
-            "min_number_mass": c.min_number_mass,
+            **self.reading_params(),
         }
+
+    def reading_params(self) -> dict[str, Any]:
+        """Everything besides endpoint, model and prompt that decides a reading (part of its cache key)."""
+        return {
+            "method": READING_METHOD,
+            "number_tokens": self.detect(),
+            "temperature": 0,
+            "top_logprobs": TOP_LOGPROBS,
+            "follow_min_p": FOLLOW_MIN_P,
+            "min_number_mass": self.config.min_number_mass,
+        }
+
+    def request_identity(self, prompt: str) -> dict[str, Any]:
+        return {"base_url": self.base_url.rstrip("/"), "model": self.config.model, "prompt": prompt, **self.reading_params()}
 
     def cost(self, usage: dict[str, int] | None = None) -> float:
         """Estimated cost of `usage` (default: everything this judge has requested so far)."""
@@ -111,103 +164,195 @@ class ApiJudge:
         return self._score(coherence_prompts(questions, answers, self.documents), answers)
 
     def _score(self, prompts: list[str], answers: list[str]) -> list[Score]:
-        readings = asyncio.run(self._read_all(prompts, answers))
+        readings = self.read(prompts, [a.strip() != "" for a in answers])
         return [Score(r.value, self.name, r.reason) for r in readings]
 
+    def read(self, prompts: list[str], wanted: list[bool] | None = None) -> list[Reading]:
+        """The reading of each prompt's reply (only where `wanted`; the others read "empty answer")."""
+        self.detect()
+        return asyncio.run(self._read_all(prompts, wanted or [True] * len(prompts)))
+
+    # ---- how the judge's tokenizer writes numbers ---------------------------------------------
+    def detect(self) -> str:
+        """'split' when the server's tokenizer endpoint encodes some integer 10-100 as several
+        tokens, 'whole' when it encodes each as one token, 'unknown' without such an endpoint.
+        Asked once per judge."""
+        if self.number_tokens is None:
+            self.number_tokens = asyncio.run(self._detect())
+        return self.number_tokens
+
+    async def _detect(self) -> str:
+        import openai
+
+        url = self.base_url.rstrip("/").removesuffix("/v1") + "/tokenize"  # vLLM serves it beside /v1
+        client = self.make_client()
+        limit = asyncio.Semaphore(self.config.concurrency)
+
+        async def count(n: int) -> int:
+            async with limit:
+                body = await client.post(url, cast_to=object, body={"model": self.config.model, "prompt": str(n), "add_special_tokens": False})
+            return len(body["tokens"])
+
+        try:
+            counts = [await count(10)]  # a tokenizer that splits numbers splits this one: one request tells
+            if counts == [1]:
+                counts += await _all(count(n) for n in range(11, 101))
+        except (openai.APIError, KeyError, TypeError, ValueError):
+            return "unknown"  # no tokenizer endpoint, or not one that answers like vLLM's
+        finally:
+            await client.close()
+        if min(counts) < 1:
+            return "unknown"
+        return "split" if max(counts) > 1 else "whole"
+
     # ---- transport ----------------------------------------------------------------------------
-    async def _read_all(self, prompts: list[str], answers: list[str]) -> list[Reading]:
+    def _openai_client(self):
         from openai import AsyncOpenAI
 
-        client = AsyncOpenAI(
+        return AsyncOpenAI(
             base_url=self.base_url,
             api_key=os.environ.get(self.config.api_key_env) or "EMPTY",
             timeout=self.config.timeout_s,
             max_retries=0,  # retries are ours: backoff with jitter, Retry-After, malformed bodies
         )
+
+    async def _read_all(self, prompts: list[str], wanted: list[bool]) -> list[Reading]:
+        client = self.make_client()
         limit = asyncio.Semaphore(self.config.concurrency)
-        unique: dict[str, asyncio.Task] = {}  # one request per distinct prompt, even if repeated
+        unique: dict[str, asyncio.Task] = {}  # one reading per distinct prompt, even if repeated
 
         async def one(prompt: str) -> Reading:
-            key = ReadingCache.key(str(self.config.model), prompt)
+            key = ReadingCache.key(self.request_identity(prompt))
             cached = self.cache.get(key)
             if cached is not None:
                 self.usage["cached"] += 1
                 return cached
-            async with limit:
-                reading = await self._request(client, prompt)
-            if not reading.reason.startswith("failed"):
-                self.cache.put(key, str(self.config.model), reading)
+            try:
+                reading = await self._read_reply(client, limit, prompt)
+            except RequestFailed as err:
+                self.usage["failed"] += 1
+                return Reading(None, str(err))
+            self.cache.put(key, str(self.config.model), reading)
             return reading
 
         try:
-            for prompt, answer in zip(prompts, answers):
-                if answer.strip() and prompt not in unique:
+            for prompt, want in zip(prompts, wanted):
+                if want and prompt not in unique:
                     unique[prompt] = asyncio.create_task(one(prompt))
             done = {prompt: await task for prompt, task in unique.items()}
-            return [done[p] if a.strip() else Reading(None, "empty answer") for p, a in zip(prompts, answers)]
+            return [done[p] if want else Reading(None, "empty answer") for p, want in zip(prompts, wanted)]
         finally:
             await client.close()
 
-    async def _request(self, client, prompt: str) -> Reading:
+    async def _read_reply(self, client, limit: asyncio.Semaphore, prompt: str) -> Reading:
+        """The reading of one prompt: from the first token where that is exact, else by following
+        the reply's digits (see the module docstring)."""
+        min_mass = self.config.min_number_mass
+        first, text = await self._ask(client, limit, prompt)
+        if first is None:  # no logprobs: read the reply's text, all of it (one token may be one digit)
+            if self.number_tokens != "whole":
+                _, text = await self._ask(client, limit, prompt, max_tokens=TEXT_REPLY_TOKENS)
+            return read_text(text)
+        if self.number_tokens == "whole" or (self.number_tokens == "unknown" and has_multidigit_number(first)):
+            return read_logprobs(first, min_mass)
+        tops: dict[str, Top] = {"": first}
+        while need := prefixes_to_follow(tops):
+            followed = await _all(self._ask(client, limit, prompt, prefill=s) for s in need)
+            for prefix, (top, _) in zip(need, followed):
+                if top is None:
+                    raise RequestFailed(f"failed: no logprobs in the continuation of {prefix!r}")
+                tops[prefix] = top
+        return read_reply_trie(tops, min_mass)
+
+    async def _ask(self, client, limit: asyncio.Semaphore, prompt: str, prefill: str | None = None,
+                   max_tokens: int = 1) -> tuple[Top | None, str]:
+        """One chat completion at temperature 0 with our retries: the first output token's top
+        logprobs (None when the endpoint gives none) and the reply text. With `prefill`, the
+        assistant reply starts with it and the model continues it. Raises RequestFailed."""
         import openai
 
         c = self.config
+        messages = [{"role": "user", "content": prompt}]
+        extra: dict[str, Any] = {}
+        if prefill is not None:
+            messages.append({"role": "assistant", "content": prefill})
+            extra["extra_body"] = CONTINUE_PREFILL
         delay = c.backoff_s
         last = ""
-        for attempt in range(1, c.max_attempts + 1):
-            wait = delay
-            try:
-                self.usage["requests"] += 1
-                response = await client.chat.completions.create(
-                    model=c.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    max_tokens=1,
-                    temperature=0,
-                    logprobs=True,
-                    top_logprobs=20,
-                )
-                reading = self._read(response)
-                usage = getattr(response, "usage", None)
-                if usage is not None:
-                    self.usage["prompt_tokens"] += usage.prompt_tokens or 0
-                    self.usage["completion_tokens"] += usage.completion_tokens or 0
-                return reading
-            except openai.RateLimitError as err:
-                last = "429 rate limited"
-                wait = _retry_after(err) or delay
-            except openai.InternalServerError as err:
-                last = f"{err.status_code} server error"
-            except openai.APITimeoutError:
-                last = f"timed out after {c.timeout_s:g}s"
-            except openai.APIConnectionError as err:
-                last = f"connection error ({err.__cause__.__class__.__name__ if err.__cause__ else 'unknown'})"
-            except (MalformedResponse, openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
-                last = f"malformed response ({err.__class__.__name__})"
-            except openai.APIStatusError as err:  # 400, 401, 404...: retrying cannot help
-                self.usage["failed"] += 1
-                return Reading(None, f"failed: HTTP {err.status_code} {str(err.message)[:120]}")
-            if attempt < c.max_attempts:
-                self.usage["retries"] += 1
-                await asyncio.sleep(wait * (1 + 0.25 * random.random()))
-                delay *= 2
-        self.usage["failed"] += 1
-        return Reading(None, f"failed after {c.max_attempts} attempts: {last}")
+        async with limit:
+            for attempt in range(1, c.max_attempts + 1):
+                wait = delay
+                try:
+                    self.usage["requests"] += 1
+                    self.usage["continuations"] += int(prefill is not None)
+                    response = await client.chat.completions.create(
+                        model=c.model, messages=messages, max_tokens=max_tokens, temperature=0,
+                        logprobs=True, top_logprobs=TOP_LOGPROBS, **extra,
+                    )
+                    answer = _answer_of(response)
+                    usage = getattr(response, "usage", None)
+                    if usage is not None:
+                        self.usage["prompt_tokens"] += usage.prompt_tokens or 0
+                        self.usage["completion_tokens"] += usage.completion_tokens or 0
+                    return answer
+                except openai.RateLimitError as err:
+                    last = "429 rate limited"
+                    wait = _retry_after(err) or delay
+                except openai.InternalServerError as err:
+                    last = f"{err.status_code} server error"
+                except openai.APITimeoutError:
+                    last = f"timed out after {c.timeout_s:g}s"
+                except openai.APIConnectionError as err:
+                    last = f"connection error ({err.__cause__.__class__.__name__ if err.__cause__ else 'unknown'})"
+                except (MalformedResponse, openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
+                    last = f"malformed response ({err.__class__.__name__})"
+                except openai.APIStatusError as err:  # 400, 401, 404...: retrying cannot help
+                    if prefill is not None:
+                        raise self._cannot_continue(err) from None
+                    raise RequestFailed(f"failed: HTTP {err.status_code} {str(err.message)[:120]}") from None
+                if attempt < c.max_attempts:
+                    self.usage["retries"] += 1
+                    await asyncio.sleep(wait * (1 + 0.25 * random.random()))
+                    delay *= 2
+        raise RequestFailed(f"failed after {c.max_attempts} attempts: {last}")
 
-    def _read(self, response) -> Reading:
-        try:
-            choice = response.choices[0]
-        except (AttributeError, IndexError, TypeError):
-            raise MalformedResponse("no choices") from None
-        logprobs = getattr(choice, "logprobs", None)
-        content = getattr(logprobs, "content", None) if logprobs is not None else None
-        if content:
-            top = [(t.token, t.logprob) for t in (content[0].top_logprobs or [])]
-            if top:
-                return read_logprobs(top, self.config.min_number_mass)
-        text = getattr(getattr(choice, "message", None), "content", None)
-        if text is None:
-            raise MalformedResponse("no message content")
-        return read_text(text)
+    def _cannot_continue(self, err) -> UserError:
+        why = {
+            "split": "its tokenizer splits numbers into digits (the server's /tokenize says so)",
+            "unknown": "the server has no tokenizer endpoint to ask, and this reply's top-20 first tokens "
+            "hold no number of two or more digits, so the first token may be just the first digit",
+        }[str(self.number_tokens)]
+        return UserError(
+            f"judge {self.name} at {self.base_url}: {why}, so the score must be read by continuing the reply "
+            f"digit by digit, and the endpoint refused to continue a prefilled assistant reply "
+            f"(HTTP {err.status_code}: {str(err.message)[:200]}). Reading only the first token would turn 85 "
+            "into 8. Serve the judge with vLLM (it continues a final assistant message: continue_final_message), "
+            "pick a judge whose tokenizer has whole-number tokens, or use judge.kind=local."
+        )
+
+
+async def _all(awaitables) -> list:
+    """Await them all concurrently, then raise the first failure, if any (no request is left running)."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+def _answer_of(response) -> tuple[Top | None, str]:
+    """(first output token's top logprobs or None, reply text) of a chat completion."""
+    try:
+        choice = response.choices[0]
+    except (AttributeError, IndexError, TypeError):
+        raise MalformedResponse("no choices") from None
+    logprobs = getattr(choice, "logprobs", None)
+    content = getattr(logprobs, "content", None) if logprobs is not None else None
+    top = [(t.token, t.logprob) for t in (content[0].top_logprobs or [])] if content else []
+    text = getattr(getattr(choice, "message", None), "content", None)
+    if not top and text is None:
+        raise MalformedResponse("no logprobs and no message content")
+    return (top or None), text or ""
 
 
 def _retry_after(err) -> float | None:

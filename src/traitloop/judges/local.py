@@ -6,7 +6,8 @@ numbers into digits, so the first token alone would only ever say 0-9. This judg
 the exact probability of each integer reply: P("85") = P("8") * P("5" | "8") * P(not a digit | "85"),
 walking the token trie of the 101 replies with one batched forward pass per trie level; then the
 score is the probability-weighted mean, with no score when the mass on integers is below
-min_number_mass, and REFUSAL/CODE recorded as such when they are likelier than any number.
+min_number_mass, and REFUSAL/CODE recorded as such when they are likelier than any number
+(prompts.reading_of, shared with the api judge, which follows the same trie over HTTP).
 For tokenizers with whole-number tokens this reduces to the first-token rule.
 """
 
@@ -18,7 +19,7 @@ import torch
 
 from traitloop.config import JudgeConfig
 from traitloop.judges.base import Score
-from traitloop.judges.prompts import Reading, coherence_prompts, trait_prompts
+from traitloop.judges.prompts import Reading, coherence_prompts, reading_of, trait_prompts
 from traitloop.traits import Trait
 
 
@@ -108,21 +109,13 @@ class LocalJudge:
         return readings
 
     def _reading(self, logp: dict[tuple[int, ...], torch.Tensor]) -> Reading:
-        mass = 0.0
-        weighted = 0.0
+        numbers: dict[int, float] = {}
         for n, ids in self.numbers.items():
             lp = sum(float(logp[tuple(ids[:i])][token]) for i, token in enumerate(ids))
             key = tuple(ids)
             if key in logp:  # the reply could go on with another digit: it must stop here
                 p_more = float(torch.logsumexp(logp[key][self.digit_ids], dim=0).exp())
                 lp += float(torch.log(torch.tensor(max(1e-12, 1.0 - p_more))))
-            p = float(torch.tensor(lp).exp())
-            mass += p
-            weighted += p * n
-        label_p = {name: float(logp[()][tid].exp()) for name, tid in self.labels.items()}
-        label, p_label = max(label_p.items(), key=lambda kv: kv[1])
-        if p_label > mass:
-            return Reading(None, label, mass)
-        if mass < self.config.min_number_mass:
-            return Reading(None, f"low number mass ({mass:.2f})", mass)
-        return Reading(weighted / mass, "", mass)
+            numbers[n] = float(torch.tensor(lp).exp())
+        labels = {name: float(logp[()][tid].exp()) for name, tid in self.labels.items()}
+        return reading_of(numbers, labels, self.config.min_number_mass)
