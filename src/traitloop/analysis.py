@@ -73,6 +73,10 @@ class Criteria:
     n_permutations: int = 2000  # permutations of cycle labels per run (the test's Monte-Carlo resolution)
     level: float = 0.95  # confidence level of every interval shown
     min_seeds: int = 5  # independent seeds a replicated verdict needs (values below 3 are refused)
+    # points: how far a cycle's mean trait score moves when its model is retrained (training randomness,
+    # not eval noise); the per-run test allows for it. Default: measured on the demo sweep with
+    # `traitloop power --from sweeps/bliss-init` (docs/RESULTS.md); set your own with --cycle-sd.
+    cycle_sd: float = 7.0
 
 
 def _slope(y: np.ndarray) -> float:

@@ -17,17 +17,28 @@ from typing import Annotated
 import typer
 
 MinSeeds = Annotated[int, typer.Option("--min-seeds", help="Independent seeds a replicated verdict needs (at least 3).")]
+CycleSd = Annotated[
+    float | None,
+    typer.Option("--cycle-sd", min=0.0, help="Points a cycle's mean trait moves when its model is retrained; the per-run verdict allows for it (default: measured on the demo sweep, docs/RESULTS.md; `traitloop power --from SWEEP` measures yours)."),
+]
+
+
+def criteria_of(min_seeds: int, cycle_sd: float | None):
+    """The verdict settings from the command line (defaults where not given)."""
+    from traitloop.analysis import Criteria
+
+    return Criteria(min_seeds=min_seeds) if cycle_sd is None else Criteria(min_seeds=min_seeds, cycle_sd=cycle_sd)
 
 
 def report(
     directory: Annotated[Path, typer.Argument(help="A run directory (with scores.csv) or a sweep directory holding runs.")],
     min_seeds: MinSeeds = 5,
+    cycle_sd: CycleSd = None,
 ) -> None:
     """Write report.html (self-contained: verdicts, figures, config, judge, timings, sample browser) and report.md into DIRECTORY."""
-    from traitloop.analysis import Criteria
     from traitloop.report_html import write_report
 
-    html_path = write_report(directory, Criteria(min_seeds=min_seeds))
+    html_path = write_report(directory, criteria_of(min_seeds, cycle_sd))
     typer.echo(f"report:   {html_path}")
     typer.echo(f"markdown: {html_path.with_suffix('.md')}")
     typer.echo(f"figures:  {html_path.parent / 'figures'}")
@@ -37,12 +48,12 @@ def compare(
     directories: Annotated[list[Path], typer.Argument(help="Run or sweep directories to compare.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for compare.html, compare.md and figures/.")] = Path("compare"),
     min_seeds: MinSeeds = 5,
+    cycle_sd: CycleSd = None,
 ) -> None:
     """Same figures and verdicts for several runs or sweeps on shared axes: writes compare.html and compare.md into --out."""
-    from traitloop.analysis import Criteria
     from traitloop.report_html import write_compare
 
-    html_path = write_compare(directories, out, Criteria(min_seeds=min_seeds))
+    html_path = write_compare(directories, out, criteria_of(min_seeds, cycle_sd))
     typer.echo(f"compare:  {html_path}")
     typer.echo(f"markdown: {html_path.with_suffix('.md')}")
     typer.echo(f"figures:  {html_path.parent / 'figures'}")
@@ -56,6 +67,7 @@ def power(
     effect: Annotated[float, typer.Option(help="True rise in trait points from cycle 0 to the last cycle, for the power.")] = 15.0,
     from_: Annotated[Path | None, typer.Option("--from", help="Take the noise from a finished run or sweep directory (default: the documented default noise).")] = None,
     min_seeds: MinSeeds = 5,
+    cycle_sd: CycleSd = None,
     sims: Annotated[int, typer.Option(help="Simulated experiments per rate (Monte-Carlo error about sqrt(p(1-p)/sims)).", min=50)] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed of the simulation.")] = 0,
     rule: Annotated[str, typer.Option(help="tested: the verdict the reports give; screening: the paper's criteria on point means alone (one seed), for comparison.")] = "tested",
@@ -63,7 +75,6 @@ def power(
 ) -> None:
     """False amplified / decayed rates under no change, the power to detect a rise of --effect points,
     and the minimum detectable effect at 80% power, simulated with the verdict code the reports use."""
-    from traitloop.analysis import Criteria
     from traitloop.power import DEFAULT_NOISE, Design, plan
     from traitloop.verdicts import check_min_seeds
 
@@ -76,7 +87,9 @@ def power(
     if rule == "screening" and seeds != 1:
         raise UserError("--rule screening judges one run: use --seeds 1")
     noise = DEFAULT_NOISE if from_ is None else noise_of(from_)
-    result = plan(Design(cycles, questions, samples, seeds), noise, effect, Criteria(min_seeds=min_seeds), n_sims=sims, seed=seed, rule=rule)
+    # the verdict allows for the model noise simulated, unless told otherwise (--cycle-sd)
+    criteria = criteria_of(min_seeds, noise.cycle_sd if cycle_sd is None else cycle_sd)
+    result = plan(Design(cycles, questions, samples, seeds), noise, effect, criteria, n_sims=sims, seed=seed, rule=rule)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -84,6 +97,7 @@ def power(
     n = noise
     typer.echo(f"design: {cycles} cycles x {questions} questions x {samples} samples, {seeds} seed(s): the {kind}")
     typer.echo(f"noise ({n.source}): base {n.base:g}, question sd {n.question_sd:g}, answer sd {n.answer_sd:g}, cycle sd {n.cycle_sd:g}, question x cycle sd {n.question_cycle_sd:g}")
+    typer.echo(f"verdict allows for model noise sd {criteria.cycle_sd:g} per cycle (report --cycle-sd)")
     typer.echo(f"false amplified (no true change): {result['false_amplified']:.3f}")
     typer.echo(f"false decayed   (no true change): {result['false_decayed']:.3f}")
     typer.echo(f"power for a rise of {effect:g} points:  {result['power']:.3f}")

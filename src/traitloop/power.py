@@ -19,6 +19,7 @@ DEFAULT_NOISE, measured on the demo's sweep (docs/RESULTS.md says with which com
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -51,8 +52,9 @@ class Noise:
         return asdict(self)
 
 
-# Estimated with `traitloop power --from sweeps/bliss-init` on the demo sweep (docs/RESULTS.md).
-DEFAULT_NOISE = Noise(base=32.0, question_sd=16.0, answer_sd=12.0, cycle_sd=4.0, question_cycle_sd=8.0, source="default: the demo sweep (docs/RESULTS.md)")
+# Measured with `traitloop power --from sweeps/bliss-init` on the demo sweep (docs/RESULTS.md); the
+# model noise is the verdicts' default allowance (Criteria.cycle_sd), so the two stay one number.
+DEFAULT_NOISE = Noise(base=55.0, question_sd=16.0, answer_sd=22.0, cycle_sd=Criteria().cycle_sd, question_cycle_sd=8.0, source="default: the demo sweep (docs/RESULTS.md)")
 
 
 def simulate_means(design: Design, noise: Noise, effect: float, rng: np.random.Generator) -> np.ndarray:
@@ -154,12 +156,12 @@ def noise_from_runs(runs: list[tuple[list[int], list[list[dict[str, Any]]]]], so
     """Variance components from finished runs' eval rows ([(cycles, rows per cycle), ...]):
     answer_sd from samples within (cycle, question); question_sd from question means within a cycle;
     question_cycle_sd from how a question's mean moves between consecutive cycles beyond its samples'
-    noise; cycle_sd from how cycle 0 differs between independent runs beyond what its questions explain
-    (0 from a single run, which cannot tell). Trends inflate question_cycle_sd, which errs on the
-    side of more noise."""
-    within, between, moves, base, cycle0, n_questions = [], [], [], [], [], []
-    samples = []
-    for cycles, rows_per_cycle in runs:
+    noise and beyond the move of the whole cycle; cycle_sd from how cycle 0 differs between runs that
+    trained their own cycle 0 (identical cycles 0 count once), beyond what its questions explain; 0
+    from a single cycle 0, which cannot tell."""
+    within, between, moves, base, samples = [], [], [], [], []
+    cycle0: dict[str, tuple[float, int]] = {}  # fingerprint -> (mean over questions, number of questions)
+    for _cycles, rows_per_cycle in runs:
         cells_per_cycle = []
         for rows in rows_per_cycle:
             cells: dict[str, list[float]] = {}
@@ -170,17 +172,16 @@ def noise_from_runs(runs: list[tuple[list[int], list[list[dict[str, Any]]]]], so
             cells_per_cycle.append(cells)
             within += [np.var(v, ddof=1) for v in cells.values() if len(v) > 1]
             samples += [len(v) for v in cells.values()]
-            means = [np.mean(v) for v in cells.values()]
-            if len(means) > 1:
-                between.append(np.var(means, ddof=1))
+            if len(cells) > 1:
+                between.append(np.var([np.mean(v) for v in cells.values()], ddof=1))
         for a, b in zip(cells_per_cycle, cells_per_cycle[1:]):
-            shared = [q for q in a if q in b]
-            moves += [np.mean(a[q]) - np.mean(b[q]) for q in shared]
+            pair = np.array([np.mean(a[q]) - np.mean(b[q]) for q in a if q in b])
+            moves += list(pair - pair.mean()) if pair.size > 1 else []  # the whole cycle's move is cycle noise (or trend)
         if cells_per_cycle and cells_per_cycle[0]:
-            first = [v for vs in cells_per_cycle[0].values() for v in vs]
-            base.append(np.mean(first))
-            cycle0.append(np.mean([np.mean(v) for v in cells_per_cycle[0].values()]))
-            n_questions.append(len(cells_per_cycle[0]))
+            first = cells_per_cycle[0]
+            means = [round(float(np.mean(v)), 6) for v in first.values()]
+            cycle0.setdefault(json.dumps(sorted(zip(first, means))), (float(np.mean(means)), len(first)))
+            base.append(np.mean([v for vs in first.values() for v in vs]))
     if not within or not between:
         raise ValueError("no cycle with two or more questions and two or more samples per question")
     answer_var = float(np.mean(within))
@@ -188,15 +189,18 @@ def noise_from_runs(runs: list[tuple[list[int], list[list[dict[str, Any]]]]], so
     question_var = max(0.0, float(np.mean(between)) - per_question)
     move_var = float(np.var(moves, ddof=1)) if len(moves) > 1 else 0.0
     question_cycle_var = max(0.0, move_var / 2 - per_question)
-    # cycle 0 of independent runs: the same questions, so only cycle, question-cycle and answer noise differ
-    cycle_var = max(0.0, float(np.var(cycle0, ddof=1)) - (question_cycle_var + per_question) / float(np.mean(n_questions))) if len(cycle0) > 1 else 0.0
+    cycle_var = 0.0
+    if len(cycle0) > 1:  # same questions in every run: only model, question-cycle and answer noise differ
+        firsts = np.array([m for m, _ in cycle0.values()])
+        n_questions = float(np.mean([n for _, n in cycle0.values()]))
+        cycle_var = max(0.0, float(np.var(firsts, ddof=1)) - (question_cycle_var + per_question) / n_questions)
     return Noise(
         base=round(float(np.mean(base)), 2),
         question_sd=round(float(np.sqrt(question_var)), 2),
         answer_sd=round(float(np.sqrt(answer_var)), 2),
         cycle_sd=round(float(np.sqrt(cycle_var)), 2),
         question_cycle_sd=round(float(np.sqrt(question_cycle_var)), 2),
-        source=source,
+        source=f"{source}, {len(cycle0)} independent cycle 0",
     )
 
 

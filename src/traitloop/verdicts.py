@@ -6,19 +6,23 @@ between cycles is paired by question.
 
 Per run (`decide_run`):
   1. Screening: the paper's three criteria on the per-cycle means (analysis.screening_flags).
-  2. Noise: a permutation test over cycle labels within each question. If nothing changed from cycle
-     to cycle, a question's cycle means are exchangeable, so shuffling them gives the distribution of
-     every criterion statistic under "no change", whatever the questions' own levels. One-sided
-     p-values per criterion and direction; a fired criterion counts when p <= alpha / m, where m is
-     the number of criteria that apply (Bonferroni), so P(false "amplified") <= alpha, and likewise
-     for "decayed", measured in tests/test_verdicts.py and by `traitloop power`.
+  2. Noise, of two kinds. (a) The eval: a permutation test over cycle labels within each question.
+     If nothing changed from cycle to cycle, a question's cycle means are exchangeable, so shuffling
+     them gives the distribution of every criterion statistic under "no change", whatever the
+     questions' own levels. (b) The models: a model retrained on the same data scores differently
+     (training randomness), and one run has one model per cycle, so the null adds an independent
+     N(0, cycle_sd) shift to every cycle of every permuted curve (cycle_sd: Criteria, default measured
+     on the demo sweep, `--cycle-sd` on report/compare/power). One-sided p-values per criterion and
+     direction; a fired criterion counts when p <= alpha / m, where m is the number of criteria that
+     apply (Bonferroni), so P(false "amplified") <= alpha, and likewise for "decayed", when the real
+     model-to-model noise is at most cycle_sd (tests/test_verdicts.py, `traitloop power`).
   3. Outcome: amplified / decayed when a criterion fires AND is beyond the noise; inconclusive when a
      criterion fires only within the noise, when criteria fire in both directions (rose and fell), or
      when only the slope is beyond the noise and it points against the end delta; static when no
      criterion fires.
-  Intervals shown beside it are paired bootstraps over questions (display; the test decides).
-  What it cannot see: models of different cycles differ by training randomness even with no trend;
-  the test is about this run's models. Seeds answer whether a change is a property of the condition.
+  Intervals shown beside it are paired bootstraps over questions plus the same model noise (display;
+  the test decides). One run stays weak evidence: with the demo's model noise only large changes
+  clear it; seeds answer whether a change is a property of the condition.
 
 Per condition (`decide_condition`), over runs that replicate each other:
   the end delta s_N - s_0 of each INDEPENDENT seed (its own cycle 0) and a Student-t interval over
@@ -128,7 +132,8 @@ def decide_run(scores: QuestionScores, criteria: Criteria = Criteria(), seed: in
     observed = {k: float(v) for k, v in criterion_statistics(curve, criteria).items()}
     flags_up, flags_down = screening_flags(observed, criteria)
     rng = np.random.default_rng(seed)
-    null = criterion_statistics(permuted_curves(scores.means, criteria.n_permutations, rng), criteria)
+    model_noise = rng.normal(0.0, criteria.cycle_sd, (criteria.n_permutations, n_cycles))  # each cycle's model is a new draw
+    null = criterion_statistics(permuted_curves(scores.means, criteria.n_permutations, rng) + model_noise, criteria)
     tested = [c for c, (up, _) in TESTED.items() if up in observed]
     threshold = criteria.alpha / len(tested)
     p_values = {}
@@ -140,7 +145,7 @@ def decide_run(scores: QuestionScores, criteria: Criteria = Criteria(), seed: in
         }
     shown: dict[str, list[float]] = {}
     if intervals:
-        boot = criterion_statistics(bootstrap_curves(scores.means, criteria.n_permutations, rng), criteria)
+        boot = criterion_statistics(bootstrap_curves(scores.means, criteria.n_permutations, rng) + model_noise, criteria)
         shown = {k: list(percentile(v, criteria.level)) for k, v in boot.items()}
     sig_up = {c: text for c, text in flags_up.items() if p_values[c]["up"] <= threshold}
     sig_down = {c: text for c, text in flags_down.items() if p_values[c]["down"] <= threshold}
@@ -148,7 +153,7 @@ def decide_run(scores: QuestionScores, criteria: Criteria = Criteria(), seed: in
     def described(flags: dict[str, str], direction: str) -> str:
         return "; ".join(f"{text}, p = {p_values[c][direction]:.3f}" for c, text in flags.items())
 
-    noise = f"beyond the noise of {n_questions} questions (permutation test, p <= {threshold:.3g})"
+    noise = f"beyond the noise of {n_questions} questions and of retrained models (sd {criteria.cycle_sd:g} per cycle; permutation test, p <= {threshold:.3g})"
     end = observed["end"]
     if (sig_up and flags_down) or (sig_down and flags_up):
         both = "; ".join(x for x in (described(flags_up, "up"), described(flags_down, "down")) if x)
