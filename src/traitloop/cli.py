@@ -40,6 +40,7 @@ def _run_experiment(config, force: bool) -> Path:
     rows = experiment.run()
     print_scores(rows, f"{config.name}: {config.setting} / {config.trait} / {config.init}", experiment.base_metrics)
     root = config.run_dir
+    print_verdict(root)
     out.print(f"\nrun directory: [bold]{root}[/bold]")
     out.print(f"scores:        {root / 'scores.csv'}")
     out.print(f"figure:        {root / 'figures' / 'trait_coherence.png'}")
@@ -58,7 +59,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def print_scores(rows: list[dict], title: str, base: dict | None = None) -> None:
-    table = Table(title=title, caption="trait: probe score 0-100 with 95% bootstrap CI; coherence: mean log-prob/token under the base model")
+    table = Table(title=title, caption="trait: judge score 0-100 with a 95% CI over eval questions; coherence: mean log-prob/token under the base model")
     for col in ["cycle", "trait [95% CI]", "coherence", "repet.", "dist-2", "answers", "train"]:
         table.add_column(col, justify="right", no_wrap=True)
     for r in ([{**base, "cycle": "base"}] if base else []) + rows:
@@ -72,6 +73,18 @@ def print_scores(rows: list[dict], title: str, base: dict | None = None) -> None
             str(r["n_train_examples"]),
         )
     out.print(table)
+
+
+def print_verdict(run_dir: Path) -> None:
+    """The run's verdict and the rule that decided it (traitloop.verdicts), as the report shows it."""
+    from traitloop.report_data import load_collection, run_summary
+
+    verdict = run_summary(load_collection([run_dir], run_dir.name).runs[0])["verdict"]
+    out.print(f"\nverdict: [bold]{escape(verdict['verdict'])}[/bold] ({escape(verdict['rule'])})")
+    out.print(
+        "One run is weak evidence: retrained models differ by chance. `traitloop report DIR` shows the intervals; "
+        "`traitloop power --seeds 5` says what a sweep of independent seeds can detect."
+    )
 
 
 @app.command()

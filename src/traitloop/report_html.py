@@ -290,7 +290,7 @@ def render_html(collection: Collection, summary: dict[str, Any], figs: list[Figu
     sections.append("<h2>Sample browser</h2>" + sample_browser_html())
     sections.append(
         "<h2>Scores per cycle</h2>"
-        '<p class="meta">Trait: probe score 0-100 with a 95% bootstrap interval over answers. Coherence: mean log-prob per token of the answer under the frozen base model (nats; higher = more fluent).</p>'
+        '<p class="meta">Trait: judge score 0-100 with a 95% bootstrap interval over eval questions (a question\'s answers are resampled together). Coherence: mean log-prob per token of the answer under the frozen base model (nats; higher = more fluent).</p>'
         + "".join(details(r.name, table(SCORE_HEADERS, score_rows(r), "numbers"), open_=single or len(runs) <= 3) for r in runs)
     )
     t = summary["tradeoff"]
