@@ -139,7 +139,7 @@ def test_report_shows_the_verdict_and_rule_of_decide_run(tmp_path):
     run = make_run(tmp_path / "run", RISING)
     decision = decide_run(load_collection([run], "t").runs[0].question_scores(), seed=0)
     assert decision.verdict == "amplified" and classify(RISING).verdict == "amplified"
-    assert "p = 0.000" in decision.rule and "beyond the noise of 3 questions" in decision.rule
+    assert "end delta +30.0 >= 15, p = 0.0" in decision.rule and "beyond the noise of 3 questions" in decision.rule
     text = write_report(run).read_text()
     assert html.escape(decision.rule) in text
     assert 'class="badge amplified">amplified<' in text

@@ -314,14 +314,16 @@ def seeds_text(condition: dict[str, Any]) -> str:
     return str(n) if n == k else f"{n} ({k} independent)"
 
 
+def mde_value(x: Any) -> str:
+    """A minimum detectable effect in points; None = not reachable on the 0-100 scale."""
+    return "not reachable" if x is None else f"{x:.0f}"
+
+
 def mde_text(condition: dict[str, Any]) -> str:
     """The minimum detectable rise of one run, and of the condition's seeds when there are enough."""
-    def one(x: Any) -> str:
-        return "> the scale allows" if x is None else f"{x:.0f}"
-
-    text = f"one run: {one(condition['mde_run'])}"
+    text = f"one run: {mde_value(condition['mde_run'])}"
     if condition["n_independent"] >= condition["min_seeds"]:
-        text += f"; {condition['n_independent']} seeds: {one(condition['mde_seeds'])}"
+        text += f"; {condition['n_independent']} seeds: {mde_value(condition['mde_seeds'])}"
     return text
 
 
@@ -459,10 +461,14 @@ def summarize(collection: Collection, criteria: Criteria = Criteria()) -> dict[s
         trade = tradeoff([r.trait_curve for r in runs], [r.coherence_curve for r in runs])
     run_summaries = [run_summary(r, criteria) for r in runs]
     verdicts = {s["run"]: s["verdict"]["verdict"] for s in run_summaries}
+    conditions = [condition_summary(c, verdicts, criteria) for c in collection.conditions]
+    mde_of = {name: c["mde_run"] for c in conditions for name in c["runs"]}
+    for summary in run_summaries:
+        summary["mde"] = mde_of[summary["run"]]  # one run of its condition, at the condition's noise
     return {
         "rule": rule_text(criteria),
         "runs": run_summaries,
-        "conditions": [condition_summary(c, verdicts, criteria) for c in collection.conditions],
+        "conditions": conditions,
         "tradeoff": trade,
     }
 

@@ -53,6 +53,7 @@ from traitloop.report_data import (
     seed_interval,
     seeds_text,
     mde_text,
+    mde_value,
     run_interval,
     p_text,
     summarize,
@@ -196,6 +197,7 @@ def run_table_html(summary: dict[str, Any], condition_of: dict[str, str]) -> str
             e(run_interval(v, "mean_prefix_slope", "slope", 2)),
             e(num(v["max_late_delta"], 1, True)),
             e(p_text(v)),
+            e(mde_value(r["mde"])),
             e(v["screening"]),
             verdict_badge(v["verdict"]),
             f'<span class="rule">{e(v["rule"])}</span>',
@@ -204,8 +206,14 @@ def run_table_html(summary: dict[str, Any], condition_of: dict[str, str]) -> str
     return '<table class="verdicts"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in RUN_HEADERS) + f"</tr></thead><tbody>{rows}</tbody></table>"
 
 
+RUN_TABLE_NOTE = (
+    "Intervals of the end delta and slope: 95% bootstrap over eval questions, paired across cycles, plus the "
+    "model-to-model noise the verdict allows for. Smallest p: the permutation test's smallest one-sided p over "
+    "criteria and directions. MDE: the smallest rise over the run (points) that one run like this is called "
+    "amplified for 80% of the time, at the noise measured on its condition (traitloop power)."
+)
 CONDITION_HEADERS = ["condition", "trait", "seeds", "runs amplified / static / decayed / inconclusive", "verdict", "s_N - s_0 over seeds [95% t CI]", "mean prefix slope [95% t CI]", "MDE (points over the run)"]
-RUN_HEADERS = ["run", "condition", "seed", "s_0", "s_N", "end delta [95% CI by question]", "mean prefix slope [95% CI]", "max late delta", "smallest p", "screening", "verdict", "rule"]
+RUN_HEADERS = ["run", "condition", "seed", "s_0", "s_N", "end delta [95% CI]", "mean prefix slope [95% CI]", "max late delta", "smallest p", "MDE", "screening", "verdict", "rule"]
 
 
 def details(summary_text: str, body: str, open_: bool) -> str:
@@ -282,6 +290,7 @@ def render_html(collection: Collection, summary: dict[str, Any], figs: list[Figu
         f'<p class="rule-text">{e(summary["rule"])}</p>'
         + (("<h3>Per condition (seeds pooled)</h3>" + condition_table_html(summary)) if not single else "")
         + "<h3>Per run</h3>"
+        + f'<p class="meta">{e(RUN_TABLE_NOTE)}</p>'
         + run_table_html(summary, condition_of)
     )
     if collection.skipped:
@@ -344,10 +353,10 @@ def render_markdown(collection: Collection, summary: dict[str, Any], figs: list[
         ]
         parts.append("## Verdicts per condition\n\n" + md_table(CONDITION_HEADERS, rows))
     rows = [
-        [r["run"], condition_of[r["run"]], r["seed"], num(r["s_first"]), num(r["s_last"]), run_interval(r["verdict"], "end_delta", "end", 1), run_interval(r["verdict"], "mean_prefix_slope", "slope", 2), num(r["verdict"]["max_late_delta"], 1, True), p_text(r["verdict"]), r["verdict"]["screening"], f"**{r['verdict']['verdict']}**", r["verdict"]["rule"]]
+        [r["run"], condition_of[r["run"]], r["seed"], num(r["s_first"]), num(r["s_last"]), run_interval(r["verdict"], "end_delta", "end", 1), run_interval(r["verdict"], "mean_prefix_slope", "slope", 2), num(r["verdict"]["max_late_delta"], 1, True), p_text(r["verdict"]), mde_value(r["mde"]), r["verdict"]["screening"], f"**{r['verdict']['verdict']}**", r["verdict"]["rule"]]
         for r in summary["runs"]
     ]
-    parts.append("## Verdicts per run\n\n" + md_table(RUN_HEADERS, rows))
+    parts.append("## Verdicts per run\n\n" + RUN_TABLE_NOTE + "\n\n" + md_table(RUN_HEADERS, rows))
     parts.append("## Scores per cycle\n")
     for run in collection.runs:
         parts.append(f"### {run.name}\n\n" + md_table(SCORE_HEADERS, score_rows(run)))
