@@ -259,6 +259,18 @@ def test_seeds_that_copied_one_cycle_0_count_once(tmp_path):
     assert "insufficient seeds (1 of 5)" in md_text and "5 (1 independent)" in md_text
 
 
+def test_report_groups_conditions_as_sweeps_do(tmp_path):
+    """Where the vLLM server was (url, concurrency) is not science: the report groups such runs as one
+    condition, by the same definition (ExperimentConfig.condition_dict) the sweep uses."""
+    sweep = tmp_path / "sweep"
+    for seed, url in ((0, "http://10.0.0.1:8000/v1"), (1, "http://10.0.0.2:8000/v1")):
+        make_run(sweep / "runs" / f"s{seed}", [20.0, 25.0, 30.0], seed=seed, generation={"backend": "vllm", "vllm_url": url, "concurrency": 8 * (seed + 1)})
+    collection = load_collection([sweep], "t")
+    assert len(collection.conditions) == 1 and len(collection.conditions[0].runs) == 2
+    configs = [ExperimentConfig.model_validate(r.config) for r in collection.runs]
+    assert configs[0].condition_dict() == configs[1].condition_dict()
+
+
 def test_two_conditions_are_labelled_by_what_differs_and_get_a_grid(tmp_path):
     sweep = tmp_path / "sweep"
     for init in ("reset", "continual"):

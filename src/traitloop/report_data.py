@@ -35,7 +35,7 @@ from traitloop.verdicts import QuestionScores, SeedRun, decide_condition, decide
 
 INT_COLUMNS = {"cycle", "n_answers", "n_trait_scored", "n_train_examples", "n_dropped_coherence"}
 TEXT_COLUMNS = {"ci_unit"}
-NOT_SCIENCE = {"seed", "name", "out_dir", "cycle0_from"}  # runs differing only in these belong to one condition
+NOT_SCIENCE = {"seed", "name", "out_dir", "cycle0_from", "generation.vllm_url", "generation.concurrency"}  # for configs this version cannot read
 MAX_LABEL_KEYS = 3  # a condition label names at most this many differing config keys
 
 
@@ -215,8 +215,17 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def science(config: dict[str, Any]) -> dict[str, Any]:
-    """The flattened config without the keys that do not change results (seed, where things are)."""
-    return {k: v for k, v in flatten(config).items() if k not in NOT_SCIENCE}
+    """The flattened config without the keys that do not change results (seed, where things are):
+    ExperimentConfig.condition_dict, the one definition sweeps use too. A config.yaml this version
+    cannot read falls back to dropping NOT_SCIENCE."""
+    from pydantic import ValidationError
+
+    from traitloop.config import ExperimentConfig
+
+    try:
+        return flatten(ExperimentConfig.model_validate(config).condition_dict())
+    except ValidationError:
+        return {k: v for k, v in flatten(config).items() if k not in NOT_SCIENCE}
 
 
 def differing_keys(configs: list[dict[str, Any]], exclude: set[str] = frozenset()) -> list[str]:
