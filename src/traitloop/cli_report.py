@@ -103,6 +103,8 @@ def power(
     typer.echo(f"power for a rise of {effect:g} points:  {result['power']:.3f}")
     mde = result["mde"]
     typer.echo(f"minimum detectable rise (80% power): {'not reachable on the 0-100 scale' if mde is None else f'{mde:.1f} points'}")
+    if result["interval_coverage"] is not None:
+        typer.echo(f"coverage of the {criteria.level:.0%} interval of s_N - s_0 over seeds: {result['interval_coverage']:.3f}")
     if result["note"]:
         typer.echo(f"note: {result['note']}")
     typer.echo(f"({sims} simulated experiments per rate, {result['mde_sims']} per step of the MDE search)")

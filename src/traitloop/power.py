@@ -99,6 +99,27 @@ def rates(design: Design, noise: Noise, effect: float, criteria: Criteria, n_sim
     return {k: v / n_sims for k, v in sorted(found.items())}
 
 
+def true_end_delta(design: Design, noise: Noise, effect: float, seed: int, n: int = 20000) -> float:
+    """The expected s_N - s_0 of one seed (the effect, bent by clipping at 0 and 100), by averaging
+    very many simulated seeds."""
+    curves = simulate_means(replace(design, seeds=n), noise, effect, np.random.default_rng(seed)).mean(axis=2)
+    return float(np.mean(curves[:, -1] - curves[:, 0]))
+
+
+def interval_coverage(design: Design, noise: Noise, effect: float, criteria: Criteria, n_sims: int, seed: int) -> float:
+    """How often the condition's interval of s_N - s_0 over seeds covers the true value (nominal:
+    criteria.level); every seed counts as independent here."""
+    truth = true_end_delta(design, noise, effect, seed + 7)
+    rng = np.random.default_rng(seed)
+    covered = 0
+    for _ in range(n_sims):
+        means = simulate_means(design, noise, effect, rng)
+        runs = [SeedRun(str(i), m.mean(axis=1).tolist(), cycle0_source=str(i)) for i, m in enumerate(means)]
+        end = decide_condition(runs, replace(criteria, min_seeds=max(3, design.seeds)))["end_delta"]
+        covered += end["low"] <= truth <= end["high"]
+    return covered / n_sims
+
+
 def _called(result: dict[str, float], direction: str) -> float:
     return sum(v for k, v in result.items() if k in (direction, f"replicated {'amplification' if direction == 'amplified' else 'decay'}"))
 
@@ -145,6 +166,7 @@ def plan(design: Design, noise: Noise = DEFAULT_NOISE, effect: float = 15.0, cri
         "mde": minimum_detectable_effect(design, noise, criteria, mde_sims, seed + 2, rule=rule),
         "rule": rule,
         "mde_sims": mde_sims,
+        "interval_coverage": interval_coverage(design, noise, effect, criteria, n_sims, seed + 3) if design.seeds >= 3 else None,
         "outcomes_null": null,
         "outcomes_effect": rise,
         "note": note,
