@@ -90,7 +90,7 @@ def plot_trait_coherence(
     base: dict[str, Any] | None = None,
     coherence_ylim: tuple[float, float] | None = None,
 ) -> Path:
-    """One run: trait and coherence per cycle with their 95% bootstrap bands (over answers), and
+    """One run: trait and coherence per cycle with their 95% bootstrap bands (over eval questions), and
     the untrained base model as dotted reference lines when given. Writes PNG (path) and SVG."""
     plt = _pyplot()
     cycles = [r["cycle"] for r in rows]
@@ -128,7 +128,7 @@ def plot_condition(
     coherence_ylim: tuple[float, float] | None = None,
 ) -> Path:
     """One condition (several seeds): trait (left) and coherence (right) per cycle, a thin line per
-    seed and the mean across seeds with a 95% bootstrap band over seeds."""
+    seed and the mean across seeds with a 95% Student-t band over seeds."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
     draw_seeds(left, trait_curves, TRAIT_COLOR, "trait")
@@ -155,7 +155,7 @@ def plot_overview(
     coherence_ylim: tuple[float, float] | None = None,
 ) -> Path:
     """Several conditions on shared axes: per condition (label, trait curves, coherence curves) the
-    mean across seeds with its bootstrap band; trait left, coherence right."""
+    mean across seeds with its Student-t band; trait left, coherence right."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     n_cycles = 0

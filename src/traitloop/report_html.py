@@ -105,12 +105,12 @@ def make_figures(collection: Collection, fig_dir: Path) -> list[Figure]:
     if len(runs) == 1:
         run = runs[0]
         path = figures.plot_trait_coherence(run.rows, fig_dir / "trait_coherence.png", run_title(run), base=run.base, coherence_ylim=ylim)
-        return [Figure(f"{run.name}: trait and coherence per cycle", path, "Bands: 95% bootstrap intervals over answers; dotted: the untrained base model.")]
+        return [Figure(f"{run.name}: trait and coherence per cycle", path, "Bands: 95% bootstrap intervals over eval questions; dotted: the untrained base model.")]
     out = [
         Figure(
             "All conditions on shared axes",
             figures.plot_overview([(c.title, [r.trait_curve for r in c.runs], [r.coherence_curve for r in c.runs]) for c in conditions], fig_dir / "overview.png", collection.title, coherence_ylim=ylim),
-            "Per condition: mean across seeds with a 95% bootstrap band over seeds (thin lines: single seeds).",
+            "Per condition: mean across seeds with a 95% Student-t band over seeds (thin lines: single seeds).",
         )
     ]
     for i, c in enumerate(conditions, start=1):
@@ -118,21 +118,21 @@ def make_figures(collection: Collection, fig_dir: Path) -> list[Figure]:
         if len(c.runs) == 1:
             run = c.runs[0]
             path = figures.plot_trait_coherence(run.rows, name, f"{c.title} (run {run.name})", base=run.base, coherence_ylim=ylim)
-            out.append(Figure(f"Condition {c.title} (one seed)", path, "Bands: 95% bootstrap intervals over answers; dotted: the untrained base model."))
+            out.append(Figure(f"Condition {c.title} (one seed)", path, "Bands: 95% bootstrap intervals over eval questions; dotted: the untrained base model."))
         else:
             path = figures.plot_condition([r.trait_curve for r in c.runs], [r.coherence_curve for r in c.runs], name, c.title, coherence_ylim=ylim)
-            out.append(Figure(f"Condition {c.title} ({len(c.runs)} seeds)", path, "Thin lines: one per seed; thick line: mean across seeds with a 95% bootstrap band over seeds."))
+            out.append(Figure(f"Condition {c.title} ({len(c.runs)} seeds)", path, "Thin lines: one per seed; thick line: mean across seeds with a 95% Student-t band over seeds."))
     if len(conditions) > 1:
         panels = {(c.trait, c.label): [r.trait_curve for r in c.runs] for c in conditions}
         path = figures.plot_sweep_grid(panels, fig_dir / "grid.png", "trait per cycle: rows = trait, columns = condition")
-        out.append(Figure("Sweep grid", path, "Rows: trait; columns: condition. Thin lines: seeds; thick: mean with a 95% bootstrap band."))
+        out.append(Figure("Sweep grid", path, "Rows: trait; columns: condition. Thin lines: seeds; thick: mean with a 95% Student-t band over seeds."))
     points = [(c.title, r.trait_curve[-1] - r.trait_curve[0], r.coherence_curve[-1] - r.coherence_curve[0]) for c in conditions for r in c.runs]
     path = figures.plot_tradeoff(points, fig_dir / "tradeoff.png", "amplification vs coherence, one dot per run")
     out.append(Figure("Trait change vs coherence change", path, "One dot per run: last minus first cycle."))
     n_sampled_points = n_sampled_series(conditions)
     if n_sampled_points:
         path = figures.plot_vs_n_sampled(n_sampled_points, fig_dir / "n_sampled.png", "trait change vs data quantity")
-        out.append(Figure("Trait change vs n_sampled", path, "Dots: runs; line: mean per n_sampled with a 95% bootstrap interval over runs."))
+        out.append(Figure("Trait change vs n_sampled", path, "Dots: runs; line: mean per n_sampled with a 95% Student-t interval over runs."))
     return out
 
 
