@@ -117,6 +117,9 @@ def test_every_setting_and_init_runs_and_starts_each_cycle_from_the_right_model(
     expected = ["base", "base", "base"] if init == "reset" else ["base", "cycle 0", "cycle 1"]
     assert [cycles[str(k)]["starts_from"] for k in range(3)] == expected
     assert (cfg.run_dir / "scores.csv").is_file()
+    validity = json.loads((cfg.run_dir / "manifest.json").read_text())["judge"]["validity"]
+    assert validity["kind"] == ("doc" if setting == "sdf" else "chat")  # the kind of text the run's judge reads
+    assert validity["valid"] is None and "probe judge only" in validity["unmeasured"]  # the stand-in is no probe
     if setting == "sdf":
         seed = data(cfg, 0)
         assert all(r["source"] == "seed" and r["text"] for r in seed)

@@ -77,10 +77,13 @@ def print_scores(rows: list[dict], title: str, base: dict | None = None) -> None
 
 def print_verdict(run_dir: Path) -> None:
     """The run's verdict and the rule that decided it (traitloop.verdicts), as the report shows it."""
-    from traitloop.report_data import load_collection, run_summary
+    from traitloop.report_data import judge_warning, load_collection, run_summary
 
-    verdict = run_summary(load_collection([run_dir], run_dir.name).runs[0])["verdict"]
+    runs = load_collection([run_dir], run_dir.name).runs
+    verdict = run_summary(runs[0])["verdict"]
     out.print(f"\nverdict: [bold]{escape(verdict['verdict'])}[/bold] ({escape(verdict['rule'])})")
+    if judge_warning(runs):
+        out.print(f"[yellow]{escape(judge_warning(runs))}[/yellow]")
     out.print(
         "One run is weak evidence: retrained models differ by chance. `traitloop report DIR` shows the intervals; "
         "`traitloop power --seeds 5` says what a sweep of independent seeds can detect."
@@ -267,16 +270,113 @@ def traits_validate(
         raise UserError(f"{n_errors} error(s) in {folder}; fix them and validate again")
     if probe:
         from traitloop.judges.probe import ProbeJudge
+        from traitloop.judges.validity import trait_validity, unmeasured_note
         from traitloop.traits import load_trait
 
-        info = ProbeJudge(load_trait(str(folder))).info()
+        trait = load_trait(str(folder))
+        judge = ProbeJudge(trait)
+        info = judge.info()
         out.print(
             f"probe ({info['heldout_method']}): accuracy {info['heldout_accuracy']:.3f}, AUC {info['heldout_auc']:.3f}, "
             f"near misses kept below 0.5: {info['heldout_near_miss_accuracy']:.3f}"
             if info["heldout_near_miss_accuracy"] is not None
             else f"probe ({info['heldout_method']}): accuracy {info['heldout_accuracy']:.3f}, AUC {info['heldout_auc']:.3f}"
         )
+        validity = trait_validity(judge, trait)
+        if validity is None:
+            out.print(unmeasured_note(trait), highlight=False)
+        else:
+            print_validity([validity])
     out.print("ok")
+
+
+def print_validity(results: list[dict]) -> None:
+    """The validity table (traitloop.judges.validity) of one or more traits, and what it means."""
+    from traitloop.judges.validity import VALIDITY_HEADERS, validity_rows
+
+    table = Table(title="probe validity on validation.jsonl (docs/JUDGES.md)")
+    for col in VALIDITY_HEADERS:
+        table.add_column(col, overflow="fold")
+    for row in validity_rows(results):
+        table.add_row(*row)
+    out.print(table)
+    for r in results:
+        for kind in ("chat", "doc"):
+            if not r[kind]["valid"]:
+                out.print(f"the probe is not valid for {r['trait']} ({kind}s): verdicts of such runs are exploratory", highlight=False)
+
+
+@traits_app.command("validity")
+def traits_validity(
+    names: Annotated[list[str] | None, typer.Argument(help="Built-in trait names or trait folders (default: every built-in trait).")] = None,
+    markdown: Annotated[bool, typer.Option(help="Print the table as Markdown with the command, commit and machine (docs/JUDGES.md).")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+) -> None:
+    """Validity of the probe judge per trait, for chats and documents: floor, Spearman with the rubric level,
+    AUC vs plain text, cross-trait AUC (traitloop.judges.validity)."""
+    import platform
+
+    from traitloop.judges.probe import Embedder, ProbeJudge
+    from traitloop.judges.validity import (
+        MemoEmbedder,
+        markdown_table,
+        trait_validity,
+        unmeasured_note,
+    )
+    from traitloop.traits import builtin_traits, load_trait
+
+    set_threads(threads)
+    embed = MemoEmbedder(Embedder())
+    results = []
+    for name in names or builtin_traits():
+        trait = load_trait(name)
+        validity = trait_validity(ProbeJudge(trait, embedder=embed), trait)
+        if validity is None:
+            err.print(unmeasured_note(trait), highlight=False)
+        else:
+            results.append(validity)
+    if not results:
+        raise UserError("no trait with a validation.jsonl: nothing to measure")
+    if not markdown:
+        print_validity(results)
+        return
+    import torch
+
+    command = "traitloop traits validity --markdown" + (f" --threads {threads}" if threads else "") + "".join(f" {n}" for n in names or [])
+    print(markdown_table(results))
+    print(
+        f"Measured by `{command}` at commit {git_commit()} on {platform.machine()} with {os.cpu_count()} CPU cores "
+        f"({torch.get_num_threads()} torch thread(s)); probe = `traitloop.judges.probe.ProbeJudge` fitted on each trait's probe.jsonl."
+    )
+
+
+@traits_app.command("floor")
+def traits_floor(
+    names: Annotated[list[str], typer.Argument(help="Built-in trait names or trait folders.")],
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (answers repeat exactly only at the same count).")] = None,
+) -> None:
+    """Write floor_answers.jsonl: the untrained embedded models' answers to the trait's eval questions
+    (SmolLM2, chats) and continuations of its eval prefixes (Gemma-3-270M base, documents), sampled as the
+    demo's base line is. Their mean score is the judge's floor (`traitloop traits validity`)."""
+    from traitloop.judges.validity import write_floor
+    from traitloop.traits import load_trait
+
+    set_threads(threads)
+    for name in names:
+        command = f"traitloop traits floor {name}" + (f" --threads {threads}" if threads else "")
+        path = write_floor(load_trait(name), command, git_commit())
+        out.print(f"wrote {path}")
+
+
+def git_commit() -> str:
+    """The source tree's commit (short hash), or "unknown" outside a git checkout."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
 
 
 @traits_app.command("new")

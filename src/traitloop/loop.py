@@ -30,6 +30,7 @@ from traitloop.jsonl import write_json
 from traitloop.precision import fp32_matmul_precision
 from traitloop.judges import make_judge
 from traitloop.judges.coherence import LoglikCoherence, distinct_n, repetition_rate
+from traitloop.judges.validity import run_validity
 from traitloop.progress import Reporter
 from traitloop.prompts import POOL_DIR, advice_pool, cycle_prompts, doc_openers
 from traitloop.report import plot_trait_coherence
@@ -37,7 +38,7 @@ from traitloop.seeding import derive_seed, seed_everything
 from traitloop.jsonl import read_jsonl, write_jsonl
 from traitloop.settings import dpo, sdf, sft
 from traitloop.store import BASE, CI_UNIT, RunStore, hash_files
-from traitloop.traits import load_trait
+from traitloop.traits import VALIDITY_FILES, load_trait
 from traitloop.training import attach_adapter, num_steps, train_dpo, train_sdf, train_sft
 
 
@@ -65,8 +66,11 @@ class Experiment:
                 self.judge = make_judge(cfg.judge, self.trait, seed=cfg.seed, documents=cfg.setting == "sdf")
                 accuracy = self.judge.info().get("heldout_accuracy")
                 advance(info=f"held-out acc {accuracy:.2f}" if accuracy is not None else "")
+            with self.reporter.step("measuring the judge's validity (validation.jsonl)", total=1) as advance:
+                validity = run_validity(self.judge, self.trait, cfg.setting)
+                advance(info={True: "valid", False: "NOT valid: verdicts exploratory", None: "unmeasured"}[validity["valid"]])
             manifest = self.store.manifest()
-            manifest["judge"] = self.judge.info()
+            manifest["judge"] = {**self.judge.info(), "validity": validity}
             manifest["coherence"] = LoglikCoherence.name
             manifest["generation_dtype"] = str(generation_dtype(cfg)).removeprefix("torch.")  # what "auto" meant here
             self.store.write_manifest(manifest)
@@ -109,7 +113,9 @@ class Experiment:
 
     def input_hashes(self) -> dict[str, str]:
         """Content hashes of the data files a run reads: a resumed run must read the same ones."""
-        trait_files = sorted(p for p in self.trait.folder.iterdir() if p.suffix in (".yaml", ".jsonl"))
+        trait_files = sorted(
+            p for p in self.trait.folder.iterdir() if p.suffix in (".yaml", ".jsonl") and p.name not in VALIDITY_FILES
+        )
         pool = "doc_openers.jsonl" if self.config.setting == "sdf" else "advice_questions.jsonl"
         return {"trait": hash_files(trait_files)[:16], "prompt_pool": hash_files([POOL_DIR / pool])[:16]}
 
@@ -230,17 +236,10 @@ class Experiment:
         k = BASE evaluates the untrained base model (the reference line of every figure)."""
         cfg, store = self.config, self.store
         label = "base model" if k == BASE else f"cycle {k}"
-        items = self.eval_items()
         if not store.has(k, "answers"):
             t0 = time.time()
-            seed = derive_seed(cfg.seed, k, "eval")
-            e = cfg.eval
-            answers = self.generate(
-                k, model, self.eval_prompts(items), seed, f"{label}: answering eval questions",
-                temperature=e.temperature, top_p=1.0, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-            )
-            store.write_rows(k, "answers", [{**it, "answer": a} for it, a in zip(items, answers)])
-            store.record_stage(k, "answers", time.time() - t0, seed)
+            store.write_rows(k, "answers", self.eval_answers(k, model))
+            store.record_stage(k, "answers", time.time() - t0, derive_seed(cfg.seed, k, "eval"))
 
         if not store.has(k, "eval"):
             t0 = time.time()
@@ -272,6 +271,26 @@ class Experiment:
             usage = {key: value - usage_before.get(key, 0) for key, value in getattr(self.judge, "usage", {}).items()}
             extra = {"judge_usage": {**usage, "estimated_cost": self.judge.cost(usage)}} if usage else {}
             store.record_stage(k, "judge", time.time() - t0, **extra)
+
+    def eval_answers(self, k: int, model) -> list[dict[str, Any]]:
+        """Cycle k's model (k = BASE: the untrained base) answers every eval item once: the items with an
+        "answer" added."""
+        cfg = self.config
+        items = self.eval_items()
+        label = "base model" if k == BASE else f"cycle {k}"
+        e = cfg.eval
+        answers = self.generate(
+            k, model, self.eval_prompts(items), derive_seed(cfg.seed, k, "eval"), f"{label}: answering eval questions",
+            temperature=e.temperature, top_p=1.0, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+        )
+        return [{**it, "answer": a} for it, a in zip(items, answers)]
+
+    def untrained_answers(self) -> list[dict[str, Any]]:
+        """The untrained base's eval answers exactly as a run's base/answers.jsonl holds them, without a run
+        directory: the floor of the judge's validity (traitloop.judges.validity)."""
+        self.check_inputs()
+        self.base, self.tokenizer = self._load_base()
+        return self.eval_answers(BASE, self.base)
 
     def evaluate_base(self) -> dict[str, Any]:
         """The untrained model's trait and coherence, once per run (base/metrics.json)."""

@@ -570,10 +570,12 @@ SCORE_HEADERS = ["cycle", "trait [95% CI]", "coherence nats/token [95% CI]", "re
 
 
 def judge_rows(runs: list[Run]) -> list[list[str]]:
-    """Per run: judge identity, probe validity (held-out accuracy/AUC) and judge agreement."""
+    """Per run: judge identity, the probe's held-out fit on probe.jsonl, its validity on the trait's
+    validation set for the run's kind of text (traitloop.judges.validity) and judge agreement."""
     rows = []
     for run in runs:
         j = run.manifest.get("judge", {}) or {}
+        v = j.get("validity") or {}
         agreement = read_json_file(run.path / "agreement.json")
         agree_text = agreement_text(agreement) if agreement is not None else "no agreement.json"
         rows.append(
@@ -585,11 +587,44 @@ def judge_rows(runs: list[Run]) -> list[list[str]]:
                 num(j.get("heldout_auc"), 3),
                 num(j.get("heldout_near_miss_accuracy"), 3),
                 str(j.get("heldout_method", "")),
+                str(v.get("kind", "")),
+                num(v.get("floor")),
+                num(v.get("spearman"), 2),
+                num(v.get("auc_vs_plain"), 2),
+                num(v.get("cross_trait_auc"), 2),
+                validity_text(v),
                 str(run.manifest.get("coherence", "")),
                 agree_text,
             ]
         )
     return rows
+
+
+def validity_text(validity: dict[str, Any]) -> str:
+    """Whether the judge is valid for a run's trait and kind, in words."""
+    if not validity:
+        return "not recorded (run made before validity was measured)"
+    if validity.get("valid") is None:
+        return f"unmeasured: {validity.get('unmeasured', '')}"
+    return "yes" if validity["valid"] else "no (" + "; ".join(validity.get("unmet", [])) + "): verdict exploratory"
+
+
+def judge_warning(runs: list[Run]) -> str:
+    """One line for above the verdicts: the runs whose judge is not valid for their trait (their verdicts are
+    exploratory) or was not measured; "" when there are none."""
+    validity = {r.name: (r.manifest.get("judge") or {}).get("validity") or {} for r in runs}
+    invalid = [r for r in runs if validity[r.name].get("valid") is False]
+    unmeasured = [r.name for r in runs if validity[r.name].get("valid") is None]  # or not recorded at all
+    lines = []
+    if invalid:
+        why = sorted({f"{r.config.get('trait')} {validity[r.name]['kind']}s ({'; '.join(validity[r.name]['unmet'])})" for r in invalid})
+        lines.append(
+            f"Exploratory: the trait judge is not valid for {', '.join(why)}, so the verdict of "
+            f"{', '.join(r.name for r in invalid)} is exploratory, not a finding (docs/JUDGES.md)."
+        )
+    if unmeasured:
+        lines.append(f"Judge validity unmeasured or not recorded for {', '.join(unmeasured)}: read their verdicts as exploratory (docs/JUDGES.md).")
+    return " ".join(lines)
 
 
 def agreement_text(agreement: Any) -> str:
@@ -599,7 +634,10 @@ def agreement_text(agreement: Any) -> str:
     return "; ".join(f"{k}: {num(v, 3) if isinstance(v, float) else v}" for k, v in flatten(agreement).items())
 
 
-JUDGE_HEADERS = ["run", "judge", "kind", "held-out accuracy", "held-out AUC", "near-miss accuracy", "held-out method", "coherence metric", "judge agreement"]
+JUDGE_HEADERS = [
+    "run", "judge", "kind", "held-out accuracy", "held-out AUC", "near-miss accuracy", "held-out method",
+    "validated on", "floor", "Spearman", "AUC vs plain", "cross-trait AUC", "valid for this run", "coherence metric", "judge agreement",
+]
 
 
 def idempotence_rows(summary: dict[str, Any]) -> list[list[str]]:

@@ -45,6 +45,7 @@ from traitloop.report_data import (
     flatten,
     idempotence_rows,
     judge_rows,
+    judge_warning,
     load_collection,
     n_sampled_series,
     num,
@@ -285,6 +286,8 @@ def render_html(collection: Collection, summary: dict[str, Any], figs: list[Figu
     single = len(runs) == 1
     condition_of = {r.name: c.title for c in collection.conditions for r in c.runs}
     sections = []
+    if judge_warning(runs):
+        sections.append(f'<p class="warning">{e(judge_warning(runs))}</p>')
     sections.append(
         "<h2>Verdicts</h2>"
         f'<p class="rule-text">{e(summary["rule"])}</p>'
@@ -346,6 +349,8 @@ def render_markdown(collection: Collection, summary: dict[str, Any], figs: list[
     """Verdicts, per-cycle score tables and figure paths, for pasting into notes."""
     condition_of = {r.name: c.title for c in collection.conditions for r in c.runs}
     parts = [f"# {collection.title}\n", f"{len(collection.runs)} run(s), {len(collection.conditions)} condition(s), from {', '.join(str(s) for s in collection.sources)}.\n", f"Rule: {summary['rule']}\n"]
+    if judge_warning(collection.runs):
+        parts.append(f"**{judge_warning(collection.runs)}**\n")
     if len(collection.runs) > 1:
         rows = [
             [c["label"], c["trait"], seeds_text(c), f"{c['verdicts']['amplified']}/{c['verdicts']['static']}/{c['verdicts']['decayed']}/{c['verdicts']['inconclusive']}", f"**{c['overall']}**: {c['reason']}", seed_interval(c, "end_delta", 1), seed_interval(c, "mean_prefix_slope", 2), mde_text(c)]

@@ -25,6 +25,9 @@ from traitloop.jsonl import read_jsonl
 
 BUILTIN_DIR = Path(__file__).parent
 RUBRIC_ANCHORS = (0, 25, 50, 75, 100)
+# Files that measure the judge (traitloop.judges.validity), not inputs of a run: a run's identity
+# (Experiment.input_hashes) leaves them out, so adding or editing them never blocks a resume.
+VALIDITY_FILES = ("validation.jsonl", "floor_answers.jsonl")
 
 
 def builtin_traits() -> list[str]:
