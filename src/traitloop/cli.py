@@ -346,7 +346,7 @@ def traits_validity(
     print(markdown_table(results))
     print(
         f"Measured by `{command}` at commit {git_commit()} on {platform.machine()} with {os.cpu_count()} CPU cores "
-        f"({torch.get_num_threads()} torch thread(s)); probe = `traitloop.judges.probe.ProbeJudge` fitted on each trait's probe.jsonl."
+        f"({torch.get_num_threads()} torch thread(s)); probe = `traitloop.judges.probe.ProbeJudge` fitted on each trait's probe.jsonl and the untrained models' outputs (traitloop.judges.negatives)."
     )
 
 
@@ -365,6 +365,21 @@ def traits_floor(
     for name in names:
         command = f"traitloop traits floor {name}" + (f" --threads {threads}" if threads else "")
         path = write_floor(load_trait(name), command, git_commit())
+        out.print(f"wrote {path}")
+
+
+@traits_app.command("negatives")
+def traits_negatives(
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (outputs repeat exactly only at the same count).")] = None,
+) -> None:
+    """Write src/traitloop/traits/untrained_negatives_{chat,doc}.jsonl: the untrained embedded models' own
+    outputs to pool prompts that are none of the eval or validation items, which every trait's probe
+    trains on as level-0 negatives (traitloop.judges.negatives)."""
+    from traitloop.judges import negatives
+
+    set_threads(threads)
+    command = "traitloop traits negatives" + (f" --threads {threads}" if threads else "")
+    for path in negatives.write(command, git_commit()):
         out.print(f"wrote {path}")
 
 

@@ -117,7 +117,12 @@ class Experiment:
             p for p in self.trait.folder.iterdir() if p.suffix in (".yaml", ".jsonl") and p.name not in VALIDITY_FILES
         )
         pool = "doc_openers.jsonl" if self.config.setting == "sdf" else "advice_questions.jsonl"
-        return {"trait": hash_files(trait_files)[:16], "prompt_pool": hash_files([POOL_DIR / pool])[:16]}
+        hashes = {"trait": hash_files(trait_files)[:16], "prompt_pool": hash_files([POOL_DIR / pool])[:16]}
+        if self.config.judge.kind == "probe":  # the probe also trains on the untrained models' outputs
+            from traitloop.judges import negatives
+
+            hashes["probe_negatives"] = hash_files([p for p in negatives.FILES.values() if p.is_file()])[:16]
+        return hashes
 
     def seed_data(self) -> list[dict[str, Any]]:
         """Cycle 0's seed rows (for DPO: prompts and persona answers, before the base answers are added)."""
