@@ -76,7 +76,7 @@ class Criteria:
     # points: how far a cycle's mean trait score moves when its model is retrained (training randomness,
     # not eval noise); the per-run test allows for it. Default: measured on the demo sweep with
     # `traitloop power --from sweeps/bliss-init` (docs/RESULTS.md); set your own with --cycle-sd.
-    cycle_sd: float = 7.0
+    cycle_sd: float = 6.9
 
 
 def _slope(y: np.ndarray) -> float:

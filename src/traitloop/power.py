@@ -54,7 +54,7 @@ class Noise:
 
 # Measured with `traitloop power --from sweeps/bliss-init` on the demo sweep (docs/RESULTS.md); the
 # model noise is the verdicts' default allowance (Criteria.cycle_sd), so the two stay one number.
-DEFAULT_NOISE = Noise(base=55.0, question_sd=16.0, answer_sd=22.0, cycle_sd=Criteria().cycle_sd, question_cycle_sd=8.0, source="default: the demo sweep (docs/RESULTS.md)")
+DEFAULT_NOISE = Noise(base=61.7, question_sd=16.8, answer_sd=22.1, cycle_sd=Criteria().cycle_sd, question_cycle_sd=4.7, source="default: the demo sweep (docs/RESULTS.md)")
 
 
 def simulate_means(design: Design, noise: Noise, effect: float, rng: np.random.Generator) -> np.ndarray:
