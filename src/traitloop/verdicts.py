@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from traitloop.errors import UserError
 from traitloop.store import CI_UNIT as UNIT  # what every interval resamples: the eval question
 from traitloop.analysis import Criteria, criterion_statistics, prefix_slope, screening_flags, t_interval
 
@@ -175,12 +176,6 @@ def decide_run(scores: QuestionScores, criteria: Criteria = Criteria(), seed: in
     return RunDecision(verdict, rule, curve.tolist(), observed, shown, p_values, threshold, flags_up, flags_down, n_questions, scores.dropped)
 
 
-def cycle_intervals(scores: QuestionScores, criteria: Criteria = Criteria(), seed: int = 0) -> list[tuple[float, float]]:
-    """Per cycle: the interval of its mean from a bootstrap over questions."""
-    boot = bootstrap_curves(scores.means, criteria.n_permutations, np.random.default_rng(seed))
-    return [percentile(boot[:, c], criteria.level) for c in range(boot.shape[1])]
-
-
 # ---- per condition (seeds) -------------------------------------------------------------------------
 @dataclass
 class SeedRun:
@@ -194,8 +189,6 @@ class SeedRun:
 
 
 def check_min_seeds(min_seeds: int) -> None:
-    from traitloop.errors import UserError
-
     if min_seeds < 3:
         raise UserError(f"min seeds {min_seeds}: a replicated verdict needs at least 3 independent seeds (the default is 5)")
 
@@ -219,8 +212,8 @@ def decide_condition(runs: list[SeedRun], criteria: Criteria = Criteria()) -> di
         out["overall"], out["reason"] = "inconclusive", f"the seeds have different numbers of cycles ({sorted(lengths)}); finish them first"
         return out
     if len(chosen) < criteria.min_seeds:
-        shared = len(runs) - len(chosen)
-        why = f"; {shared + 1 if shared else 0} seeds share one cycle 0 and count once" if shared else ""
+        copied = len(runs) - len(chosen)
+        why = f" ({copied} of its {len(runs)} seeds copied another seed's cycle 0: they share its measurement of s_0 and count once)" if copied else ""
         out["overall"] = f"insufficient seeds ({len(chosen)} of {criteria.min_seeds})"
         out["reason"] = f"a replicated verdict needs {criteria.min_seeds} independent seeds, this condition has {len(chosen)}{why}"
         return out
