@@ -137,3 +137,26 @@ def test_bad_demo_and_calibrate_arguments_exit_2(tmp_path, monkeypatch, capsys, 
     assert expected in output
     assert "Traceback" not in output
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["power", "--from", "/no/such/run"], "does not exist"),
+        (["power", "--min-seeds", "2"], "at least 3 independent seeds"),
+        (["power", "--rule", "vibes"], "choose one of tested, screening"),
+        (["power", "--seeds", "5", "--rule", "screening"], "judges one run"),
+        (["power", "--cycles", "1"], "cycles"),
+    ],
+)
+def test_power_bad_input_exits_2(args, expected, monkeypatch, capsys):
+    code, output = run_cli(args, monkeypatch, capsys)
+    assert code == 2
+    assert expected in output
+    assert "Traceback" not in output
+
+
+def test_an_option_below_its_minimum_is_a_usage_error_not_a_traceback(monkeypatch, capsys):
+    code, output = run_cli(["sweep", "configs/sweeps/quick-seeds.yaml", "--jobs", "0"], monkeypatch, capsys)
+    assert code == 2
+    assert "greater than or equal to 1" in output and "Traceback" not in output

@@ -524,10 +524,10 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors
+    except Exception as e:  # usage errors: click's, and those of the click that typer vendors (typer.TyperException)
         import click
 
-        if isinstance(e, click.ClickException):
+        if isinstance(e, (click.ClickException, typer.TyperException)) and hasattr(e, "show"):
             e.show()
             sys.exit(2)
         raise
