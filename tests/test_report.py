@@ -137,7 +137,7 @@ def test_report_html_is_self_contained(tmp_path):
 
 def test_report_shows_the_verdict_and_rule_of_decide_run(tmp_path):
     run = make_run(tmp_path / "run", RISING)
-    decision = decide_run(load_collection([run], "t").runs[0].question_scores(), seed=0)
+    decision = decide_run(load_collection([run], "t").runs[0].question_scores, seed=0)
     assert decision.verdict == "amplified" and classify(RISING).verdict == "amplified"
     assert "end delta +30.0 >= 15, p = 0.0" in decision.rule and "beyond the noise of 3 questions" in decision.rule
     text = write_report(run).read_text()
@@ -223,7 +223,7 @@ def test_three_seeds_are_insufficient_by_default_and_replicate_with_min_seeds_3(
     assert "grid:" in text  # sweep.yaml is shown
 
     # the verdict uses each run's curve of question means (sample scores are clipped to 0-100)
-    seeds = [SeedRun(r.name, r.question_scores().curve.tolist(), r.name) for r in collection.runs]
+    seeds = [SeedRun(r.name, r.question_scores.curve.tolist(), r.name) for r in collection.runs]
     assert [[round(x, 6) for x in s.curve] for s in seeds] == [[20, 30, 42, 50], [22, 28, 39, 47], [19, 31, 40, 55]]
     expected = decide_condition(seeds, Criteria(min_seeds=3))
     assert expected["overall"] == "replicated amplification"

@@ -184,7 +184,7 @@ def test_noise_from_runs_recovers_the_simulated_components():
             shift = rng.normal(0, truth.cycle_sd)
             g = rng.normal(0, truth.question_cycle_sd, n_q)
             per_cycle.append([{"question": f"q{q}", "trait": truth.base + a[q] + shift + g[q] + rng.normal(0, truth.answer_sd)} for q in range(n_q) for _ in range(n_s)])
-        runs.append((list(range(4)), per_cycle))
+        runs.append(per_cycle)
     est = noise_from_runs(runs, "test")
     assert est.answer_sd == pytest.approx(10.0, rel=0.1)
     assert est.question_sd == pytest.approx(15.0, rel=0.35)

@@ -38,6 +38,21 @@ def t_interval(values: list[float | None], level: float = 0.95) -> tuple[float, 
     return mean, mean - half, mean + half, int(x.size)
 
 
+def scores_by_question(values: list[float | None], questions: list[str]) -> dict[str, list[float]]:
+    """The finite scores grouped by their eval question, questions in first-seen order (missing or
+    non-finite scores, i.e. answers the judge could not score, are left out)."""
+    groups: dict[str, list[float]] = {}
+    for value, question in zip(values, questions):
+        if value is not None and np.isfinite(value):
+            groups.setdefault(str(question), []).append(float(value))
+    return groups
+
+
+def eval_scores_by_question(rows: list[dict]) -> dict[str, list[float]]:
+    """One cycle's eval.jsonl rows ({"question", "trait"}) as trait scores grouped by question."""
+    return scores_by_question([r.get("trait") for r in rows], [str(r.get("question", "")) for r in rows])
+
+
 def question_mean_ci(
     values: list[float | None], questions: list[str], level: float = 0.95, n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, float, float, int]:
@@ -45,10 +60,7 @@ def question_mean_ci(
     answers to one question are alike, so they are resampled as a block (all of a drawn question's
     samples together), never one by one as if independent. The mean is over all scored answers; n
     counts scored answers. With one question the interval collapses onto the mean."""
-    groups: dict[str, list[float]] = {}
-    for value, question in zip(values, questions):
-        if value is not None and np.isfinite(value):
-            groups.setdefault(question, []).append(float(value))
+    groups = scores_by_question(values, questions)
     if not groups:
         return float("nan"), float("nan"), float("nan"), 0
     sums = np.array([sum(g) for g in groups.values()])

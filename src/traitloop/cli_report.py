@@ -114,10 +114,9 @@ def noise_of(directory: Path):
     """The noise measured on every run under a run or sweep directory."""
     from traitloop.errors import UserError
     from traitloop.power import noise_from_runs
-    from traitloop.report_data import load_collection
+    from traitloop.report_data import eval_data, load_collection
 
-    collection = load_collection([directory], "power")
-    data = [(list(range(len(r.rows))), rows) for r in collection.runs if (rows := r.eval_rows()) is not None]
+    data = eval_data(load_collection([directory], "power").runs)
     try:
         return noise_from_runs(data, f"measured on {len(data)} run(s) in {directory}")
     except ValueError as err:

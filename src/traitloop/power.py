@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from traitloop.analysis import Criteria, classify
+from traitloop.analysis import Criteria, classify, eval_scores_by_question
 from traitloop.verdicts import QuestionScores, SeedRun, decide_condition, decide_run
 
 TARGET_POWER = 0.8
@@ -174,8 +174,8 @@ def plan(design: Design, noise: Noise = DEFAULT_NOISE, effect: float = 15.0, cri
 
 
 # ---- the noise of finished runs ---------------------------------------------------------------------
-def noise_from_runs(runs: list[tuple[list[int], list[list[dict[str, Any]]]]], source: str) -> Noise:
-    """Variance components from finished runs' eval rows ([(cycles, rows per cycle), ...]):
+def noise_from_runs(runs: list[list[list[dict[str, Any]]]], source: str) -> Noise:
+    """Variance components from finished runs' eval rows (per run, per cycle, the eval.jsonl rows):
     answer_sd from samples within (cycle, question); question_sd from question means within a cycle;
     question_cycle_sd from how a question's mean moves between consecutive cycles beyond its samples'
     noise and beyond the move of the whole cycle; cycle_sd from how cycle 0 differs between runs that
@@ -183,14 +183,10 @@ def noise_from_runs(runs: list[tuple[list[int], list[list[dict[str, Any]]]]], so
     from a single cycle 0, which cannot tell."""
     within, between, moves, base, samples = [], [], [], [], []
     cycle0: dict[str, tuple[float, int]] = {}  # fingerprint -> (mean over questions, number of questions)
-    for _cycles, rows_per_cycle in runs:
+    for rows_per_cycle in runs:
         cells_per_cycle = []
         for rows in rows_per_cycle:
-            cells: dict[str, list[float]] = {}
-            for row in rows:
-                value = row.get("trait")
-                if value is not None and np.isfinite(value):
-                    cells.setdefault(str(row.get("question")), []).append(float(value))
+            cells = eval_scores_by_question(rows)
             cells_per_cycle.append(cells)
             within += [np.var(v, ddof=1) for v in cells.values() if len(v) > 1]
             samples += [len(v) for v in cells.values()]

@@ -22,6 +22,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +65,18 @@ class Run:
     def seed(self) -> Any:
         return self.config.get("seed", self.manifest.get("seed"))
 
+    @cached_property
     def eval_rows(self) -> list[list[dict[str, Any]]] | None:
         """Each finished cycle's eval.jsonl rows, or None when some cycle has none (then verdicts
-        can only screen point means)."""
+        can only screen point means). Read once: the verdict, the seeds and the noise all use them."""
         paths = [self.path / f"cycle-{int(r['cycle']):03d}" / "eval.jsonl" for r in self.rows]
         if not all(p.is_file() for p in paths):
             return None
         return [read_jsonl(p) for p in paths]
 
+    @cached_property
     def question_scores(self) -> QuestionScores | None:
-        rows = self.eval_rows()
+        rows = self.eval_rows
         return QuestionScores.from_rows([int(r["cycle"]) for r in self.rows], rows) if rows is not None else None
 
     @property
@@ -376,7 +379,7 @@ def rule_text(criteria: Criteria = Criteria()) -> str:
 def run_summary(run: Run, criteria: Criteria = Criteria()) -> dict[str, Any]:
     """Verdict (screening and the noise-aware decision), idempotence and changes of one run."""
     screening = classify(run.trait_curve, criteria)
-    scores = run.question_scores()
+    scores = run.question_scores
     verdict = screening.as_dict()
     verdict["screening"] = screening.verdict
     if scores is None:
@@ -413,7 +416,7 @@ def seed_runs(condition: Condition, verdicts: dict[str, str]) -> list[SeedRun]:
     scores are identical (copied) share one cycle-0 source."""
     seeds, first_cycle0 = [], {}
     for run in condition.runs:
-        scores = run.question_scores()
+        scores = run.question_scores
         curve = scores.curve.tolist() if scores is not None else run.trait_curve
         source = run.cycle0_source
         if scores is not None:
@@ -423,13 +426,19 @@ def seed_runs(condition: Condition, verdicts: dict[str, str]) -> list[SeedRun]:
     return seeds
 
 
+def eval_data(runs: list[Run]) -> list[list[list[dict[str, Any]]]]:
+    """The eval rows (per cycle) of every run that has them all: what noise_from_runs reads."""
+    return [r.eval_rows for r in runs if r.eval_rows is not None]
+
+
 def condition_noise(condition: Condition) -> tuple[Design, Noise]:
     """One seed's design and the noise measured on the condition's runs (the default noise where
     they hold too little to measure it)."""
-    data = [(list(range(len(r.rows))), rows) for r in condition.runs if (rows := r.eval_rows()) is not None]
-    first = condition.runs[0].question_scores()
-    samples = [len(rows) // max(1, len({str(x.get("question")) for x in rows})) for _, per in data for rows in per[:1]]
-    design = Design(cycles=len(condition.runs[0].rows), questions=first.means.shape[1] if first is not None else 12, samples=max(1, min(samples or [3])))
+    data = eval_data(condition.runs)
+    first = condition.runs[0].question_scores
+    # samples per question: answers over questions in each run's cycle 0, the smallest
+    samples = min((len(per[0]) // max(1, len({str(x.get("question")) for x in per[0]})) for per in data), default=3)
+    design = Design(cycles=len(condition.runs[0].rows), questions=first.means.shape[1] if first is not None else 12, samples=max(1, samples))
     try:
         noise = noise_from_runs(data, f"measured on {len(data)} run(s) of this condition")
     except ValueError:

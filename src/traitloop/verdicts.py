@@ -42,7 +42,7 @@ import numpy as np
 
 from traitloop.errors import UserError
 from traitloop.store import CI_UNIT as UNIT  # what every interval resamples: the eval question
-from traitloop.analysis import Criteria, criterion_statistics, prefix_slope, screening_flags, t_interval
+from traitloop.analysis import Criteria, criterion_statistics, eval_scores_by_question, prefix_slope, screening_flags, t_interval
 
 TESTED = {"end": ("end", "end"), "slope": ("slope", "slope"), "late": ("late_max", "late_min")}  # criterion -> (up, down) statistic
 
@@ -67,14 +67,7 @@ class QuestionScores:
     @classmethod
     def from_rows(cls, cycles: list[int], rows_per_cycle: list[list[dict[str, Any]]]) -> QuestionScores:
         """From each cycle's eval rows ({"question", "trait", ...}; trait None = not scored)."""
-        per_cycle: list[dict[str, list[float]]] = []
-        for rows in rows_per_cycle:
-            groups: dict[str, list[float]] = {}
-            for row in rows:
-                value = row.get("trait")
-                if value is not None and np.isfinite(value):
-                    groups.setdefault(str(row.get("question", "")), []).append(float(value))
-            per_cycle.append(groups)
+        per_cycle = [eval_scores_by_question(rows) for rows in rows_per_cycle]
         seen = list(dict.fromkeys(q for groups in per_cycle for q in groups))
         kept = [q for q in seen if all(q in groups for groups in per_cycle)]
         means = np.array([[np.mean(groups[q]) for q in kept] for groups in per_cycle], dtype=float).reshape(len(cycles), len(kept))
