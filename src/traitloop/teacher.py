@@ -14,7 +14,8 @@ N are done, empty and duplicate outputs are dropped and the rest are appended to
 atomically, each row tagged with "source": the teacher's name.
 
 A teacher is `api:MODEL` (any OpenAI-compatible endpoint: base URL from --base-url or
-$OPENAI_BASE_URL, key from $OPENAI_API_KEY, never written anywhere) or a local model reference.
+$OPENAI_BASE_URL, key from $OPENAI_API_KEY, never written anywhere; requests go through
+traitloop/openai_client.py) or a local model reference.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 
 from traitloop.errors import UserError
 from traitloop.jsonl import read_jsonl, write_jsonl
+from traitloop.openai_client import ApiError, OpenAIClient
 from traitloop.prompts import advice_pool, opener_rows
 from traitloop.traits import Trait
 from traitloop.traits.validate import normalise
@@ -95,28 +97,26 @@ def plan_requests(trait: Trait, kind: str, n: int, seed: int) -> list[Request]:
 
 
 class ApiTeacher:
-    """OpenAI-compatible chat completions; the client retries 429/5xx/timeouts with backoff."""
+    """OpenAI-compatible chat completions through one OpenAIClient, which retries 429s, 5xx,
+    timeouts and dropped connections with backoff. generate()'s worker threads set how many requests
+    run at once; `max_in_flight` only caps them."""
 
-    def __init__(self, model: str, base_url: str | None = None, timeout: float = 120.0):
-        from openai import OpenAI
-
+    def __init__(self, model: str, base_url: str | None = None, timeout: float = 120.0, max_in_flight: int = 64):
         base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
             raise UserError("api teacher: give --base-url or set OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1)")
         self.name = f"api:{model}"
         self.model = model
-        self.client = OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY", timeout=timeout, max_retries=4)
+        self.client = OpenAIClient(base_url, api_key_env="OPENAI_API_KEY", timeout_s=timeout, concurrency=max_in_flight,
+                                   max_attempts=5, backoff_s=0.5)
 
     def write_one(self, messages: Conversation, temperature: float, max_tokens: int, seed: int) -> str:
-        from openai import OpenAIError
-
+        request = self.client.chat(model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed)
         try:
-            response = self.client.chat.completions.create(
-                model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed
-            )
-            return (response.choices[0].message.content or "").strip()
-        except OpenAIError as err:  # recorded as a failure; a rerun asks again
-            return f"{FAILED}: {err.__class__.__name__}"
+            response = self.client.run(request)
+        except ApiError as err:  # recorded as a failure (the kind, never the server's text); a rerun asks again
+            return f"{FAILED}: {err.kind}{f' {err.status}' if err.status else ''}"
+        return (response.choices[0].message.content or "").strip()
 
 
 class LocalTeacher:

@@ -11,19 +11,18 @@ go to /v1/chat/completions (the server applies the model's chat template), plain
 to /v1/completions. Sampling is pure temperature sampling (vLLM's top_k is off by default), and
 request i carries seed + i, so a rerun draws the same samples whatever the order of completion.
 The server must serve the same base weights as model.ref (traitloop checks the served id is given).
+Every request goes through one OpenAIClient (traitloop/openai_client.py): at most `concurrency` in
+flight, retries with backoff, one typed error that is turned into the messages below.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from traitloop.errors import UserError
+from traitloop.openai_client import ApiError, OpenAIClient, gather
 
 Conversation = list[dict[str, str]]
 
@@ -33,6 +32,8 @@ class VllmSampler:
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
         self.timeout_s = timeout_s
+        self.client = OpenAIClient(self.base_url, api_key_env=None, timeout_s=timeout_s, concurrency=concurrency,
+                                   max_attempts=4, backoff_s=0.5)
         self._loaded: set[str] = set()
         self._base_model: str | None = None
 
@@ -41,9 +42,9 @@ class VllmSampler:
         """The id the server serves the base model under (its first model without a parent)."""
         if self._base_model is None:
             try:
-                models = json.loads(_http("GET", f"{self.base_url}/models")[1])["data"]
-            except (OSError, ValueError, KeyError) as err:
-                raise UserError(f"generation.vllm_url {self.base_url}: no vLLM server answers there ({err}); start one "
+                models = self.client.run(self.client.models())
+            except ApiError as err:
+                raise UserError(f"generation.vllm_url {self.base_url}: no vLLM server answers there ({err.reason}); start one "
                                 "with `vllm serve MODEL --enable-lora` (see docs/ARCHITECTURE.md)") from None
             roots = [m["id"] for m in models if not m.get("parent")]
             if not roots:
@@ -58,13 +59,14 @@ class VllmSampler:
         name = f"traitloop-{digest}"
         if name in self._loaded:
             return name
-        body = {"lora_name": name, "lora_path": str(Path(adapter_dir).resolve())}
-        status, text = _http("POST", f"{self.base_url}/load_lora_adapter", body)
-        if status != 200 and "already" not in text.lower():
-            raise UserError(
-                f"vLLM server {self.base_url} refused to load the adapter {adapter_dir}: HTTP {status} {text[:300]}. "
-                "Start it with --enable-lora, --max-lora-rank >= lora.r and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True."
-            )
+        try:
+            self.client.run(self.client.load_lora(name, str(Path(adapter_dir).resolve())))
+        except ApiError as err:
+            if not (err.status and "already" in err.detail.lower()):
+                raise UserError(
+                    f"vLLM server {self.base_url} refused to load the adapter {adapter_dir}: {err.reason[:320]}. "
+                    "Start it with --enable-lora, --max-lora-rank >= lora.r and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True."
+                ) from None
         self._loaded.add(name)
         return name
 
@@ -82,40 +84,21 @@ class VllmSampler:
     ) -> list[str]:
         """One sample per prompt, in input order, from the base (adapter_dir None) or base + adapter."""
         model = self.adapter_model(adapter_dir) if adapter_dir is not None else self.base_model()
-        return asyncio.run(self._all(model, prompts, temperature, max_new_tokens, seed, top_p, on_batch))
+        return self.client.run(self._all(model, prompts, temperature, max_new_tokens, seed, top_p, on_batch))
 
     async def _all(self, model, prompts, temperature, max_new_tokens, seed, top_p, on_batch) -> list[str]:
-        from openai import AsyncOpenAI
-
-        client = AsyncOpenAI(base_url=self.base_url, api_key="EMPTY", timeout=self.timeout_s, max_retries=3)
-        gate = asyncio.Semaphore(self.concurrency)
         params = {"model": model, "temperature": temperature, "top_p": top_p, "max_tokens": max_new_tokens, "n": 1}
 
         async def one(i: int, prompt) -> str:
-            async with gate:
-                request_seed = (seed + i) % (2**31)
-                if isinstance(prompt, str):  # a document to continue: its leading whitespace is part of it
-                    r = await client.completions.create(prompt=prompt, seed=request_seed, **params)
-                    text = r.choices[0].text.rstrip()
-                else:
-                    r = await client.chat.completions.create(messages=prompt, seed=request_seed, **params)
-                    text = (r.choices[0].message.content or "").strip()
+            request_seed = (seed + i) % (2**31)
+            if isinstance(prompt, str):  # a document to continue: its leading whitespace is part of it
+                r = await self.client.completion(prompt=prompt, seed=request_seed, **params)
+                text = r.choices[0].text.rstrip()
+            else:
+                r = await self.client.chat(messages=prompt, seed=request_seed, **params)
+                text = (r.choices[0].message.content or "").strip()
             if on_batch:
                 on_batch(1)
             return text
 
-        try:
-            return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
-        finally:
-            await client.close()
-
-
-def _http(method: str, url: str, body: dict | None = None, timeout: float = 300) -> tuple[int, str]:
-    """(status, body text) of one plain HTTP request; an HTTP error status is returned, not raised."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode(errors="replace")
+        return await gather(one(i, p) for i, p in enumerate(prompts))

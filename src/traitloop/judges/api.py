@@ -13,22 +13,21 @@ from its first token; any other reply is followed digit by digit. When a reply m
 the endpoint will not continue a prefilled reply, the judge refuses (UserError) rather than read
 the first digit as the score.
 
-Requests run concurrently (at most `concurrency` in flight). A request that meets a 429, a 5xx, a
-timeout, a dropped connection or a malformed body is retried with exponential backoff and jitter (a
-Retry-After header wins); after `max_attempts` the answer gets a missing score with its reason,
-never a made-up number. Every reading is cached on disk keyed by the endpoint, the model, the full
-prompt and every parameter of the reading (`reading_params`), so a repeated judging pass pays for
-nothing twice and a change of endpoint or reading method never reuses an old reading. The API key is
-read from the environment variable named in the config and is never written anywhere.
+Requests go through one OpenAIClient (traitloop/openai_client.py): at most `concurrency` in flight;
+a request that meets a 429, a 5xx, a timeout, a dropped connection or a malformed body is retried
+with exponential backoff and jitter (a Retry-After header wins); after `max_attempts` the answer
+gets a missing score with its reason, never a made-up number. Every reading is cached on disk keyed
+by the endpoint, the model, the full prompt and every parameter of the reading (`reading_params`),
+so a repeated judging pass pays for nothing twice and a change of endpoint or reading method never
+reuses an old reading. The API key is read from the environment variable named in the config and is
+never written anywhere.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
-import random
 import sqlite3
 import threading
 from pathlib import Path
@@ -49,10 +48,11 @@ from traitloop.judges.prompts import (
     read_text,
     trait_prompts,
 )
+from traitloop.openai_client import ApiError, OpenAIClient, gather
 from traitloop.traits import Trait
 
 
-class MalformedResponse(Exception):
+class MalformedResponse(ValueError):
     """The endpoint answered 200 but the body is not a usable chat completion."""
 
 
@@ -112,7 +112,8 @@ class RequestFailed(Exception):
 class ApiJudge:
     def __init__(self, config: JudgeConfig, trait: Trait, cache_path: Path | None = None, documents: bool = False,
                  make_client=None):
-        """make_client: () -> an AsyncOpenAI-like client (default: the openai package's, on base_url)."""
+        """make_client: () -> an AsyncOpenAI-like client that this judge's OpenAIClient sends through
+        (default: the openai package's, on base_url)."""
         self.config = config
         self.documents = documents  # SDF: (document prefix, continuation) with the trait's doc_rubric
         self.trait = trait
@@ -120,7 +121,9 @@ class ApiJudge:
         self.base_url = config.base_url or os.environ.get("OPENAI_BASE_URL")
         if not self.base_url:
             raise UserError("judge.kind=api needs judge.base_url or the environment variable OPENAI_BASE_URL")
-        self.make_client = make_client or self._openai_client
+        self.client = OpenAIClient(self.base_url, api_key_env=config.api_key_env, timeout_s=config.timeout_s,
+                                   concurrency=config.concurrency, max_attempts=config.max_attempts,
+                                   backoff_s=config.backoff_s, make_transport=make_client)
         self.cache = ReadingCache(cache_path or default_cache_path())
         self.usage = {"requests": 0, "continuations": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
                       "retries": 0, "failed": 0}
@@ -170,7 +173,7 @@ class ApiJudge:
     def read(self, prompts: list[str], wanted: list[bool] | None = None) -> list[Reading]:
         """The reading of each prompt's reply (only where `wanted`; the others read "empty answer")."""
         self.detect()
-        return asyncio.run(self._read_all(prompts, wanted or [True] * len(prompts)))
+        return self.client.run(self._read_all(prompts, wanted or [True] * len(prompts)))
 
     # ---- how the judge's tokenizer writes numbers ---------------------------------------------
     def detect(self) -> str:
@@ -178,145 +181,109 @@ class ApiJudge:
         tokens, 'whole' when it encodes each as one token, 'unknown' without such an endpoint.
         Asked once per judge."""
         if self.number_tokens is None:
-            self.number_tokens = asyncio.run(self._detect())
+            self.number_tokens = self.client.run(self._detect())
         return self.number_tokens
 
     async def _detect(self) -> str:
-        import openai
-
-        url = self.base_url.rstrip("/").removesuffix("/v1") + "/tokenize"  # vLLM serves it beside /v1
-        client = self.make_client()
-        limit = asyncio.Semaphore(self.config.concurrency)
-
         async def count(n: int) -> int:
-            async with limit:
-                body = await client.post(url, cast_to=object, body={"model": self.config.model, "prompt": str(n), "add_special_tokens": False})
-            return len(body["tokens"])
+            return len(await self.client.tokenize(self.config.model, str(n)))
 
         try:
             counts = [await count(10)]  # a tokenizer that splits numbers splits this one: one request tells
             if counts == [1]:
-                counts += await _all(count(n) for n in range(11, 101))
-        except (openai.APIError, KeyError, TypeError, ValueError):
+                counts += await gather(count(n) for n in range(11, 101))
+        except ApiError:
             return "unknown"  # no tokenizer endpoint, or not one that answers like vLLM's
-        finally:
-            await client.close()
         if min(counts) < 1:
             return "unknown"
         return "split" if max(counts) > 1 else "whole"
 
-    # ---- transport ----------------------------------------------------------------------------
-    def _openai_client(self):
-        from openai import AsyncOpenAI
-
-        return AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=os.environ.get(self.config.api_key_env) or "EMPTY",
-            timeout=self.config.timeout_s,
-            max_retries=0,  # retries are ours: backoff with jitter, Retry-After, malformed bodies
-        )
-
+    # ---- reading replies ----------------------------------------------------------------------
     async def _read_all(self, prompts: list[str], wanted: list[bool]) -> list[Reading]:
-        client = self.make_client()
-        limit = asyncio.Semaphore(self.config.concurrency)
-        unique: dict[str, asyncio.Task] = {}  # one reading per distinct prompt, even if repeated
+        unique = list(dict.fromkeys(p for p, want in zip(prompts, wanted) if want))  # one reading per distinct prompt
+        done = dict(zip(unique, await gather(self._read_cached(p) for p in unique)))
+        return [done[p] if want else Reading(None, "empty answer") for p, want in zip(prompts, wanted)]
 
-        async def one(prompt: str) -> Reading:
-            key = ReadingCache.key(self.request_identity(prompt))
-            cached = self.cache.get(key)
-            if cached is not None:
-                self.usage["cached"] += 1
-                return cached
-            try:
-                reading = await self._read_reply(client, limit, prompt)
-            except RequestFailed as err:
-                self.usage["failed"] += 1
-                return Reading(None, str(err))
-            self.cache.put(key, str(self.config.model), reading)
-            return reading
-
+    async def _read_cached(self, prompt: str) -> Reading:
+        """The cached reading of `prompt`, else a new one (cached when real); a failure is a reading with its reason."""
+        key = ReadingCache.key(self.request_identity(prompt))
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.usage["cached"] += 1
+            return cached
         try:
-            for prompt, want in zip(prompts, wanted):
-                if want and prompt not in unique:
-                    unique[prompt] = asyncio.create_task(one(prompt))
-            done = {prompt: await task for prompt, task in unique.items()}
-            return [done[p] if want else Reading(None, "empty answer") for p, want in zip(prompts, wanted)]
-        finally:
-            await client.close()
+            reading = await self._read_reply(prompt)
+        except RequestFailed as err:
+            self.usage["failed"] += 1
+            return Reading(None, str(err))
+        self.cache.put(key, str(self.config.model), reading)
+        return reading
 
-    async def _read_reply(self, client, limit: asyncio.Semaphore, prompt: str) -> Reading:
+    async def _read_reply(self, prompt: str) -> Reading:
         """The reading of one prompt: from the first token where that is exact, else by following
         the reply's digits (see the module docstring)."""
         min_mass = self.config.min_number_mass
-        first, text = await self._ask(client, limit, prompt)
+        first, text = await self._ask(prompt)
         if first is None:  # no logprobs: read the reply's text, all of it (one token may be one digit)
             if self.number_tokens != "whole":
-                _, text = await self._ask(client, limit, prompt, max_tokens=TEXT_REPLY_TOKENS)
+                _, text = await self._ask(prompt, max_tokens=TEXT_REPLY_TOKENS)
             return read_text(text)
         if self.number_tokens == "whole" or (self.number_tokens == "unknown" and has_multidigit_number(first)):
             return read_logprobs(first, min_mass)
         tops: dict[str, Top] = {"": first}
         while need := prefixes_to_follow(tops):
-            followed = await _all(self._ask(client, limit, prompt, prefill=s) for s in need)
+            followed = await gather(self._ask(prompt, prefill=s) for s in need)
             for prefix, (top, _) in zip(need, followed):
                 if top is None:
                     raise RequestFailed(f"failed: no logprobs in the continuation of {prefix!r}")
                 tops[prefix] = top
         return read_reply_trie(tops, min_mass)
 
-    async def _ask(self, client, limit: asyncio.Semaphore, prompt: str, prefill: str | None = None,
-                   max_tokens: int = 1) -> tuple[Top | None, str]:
-        """One chat completion at temperature 0 with our retries: the first output token's top
+    async def _ask(self, prompt: str, prefill: str | None = None, max_tokens: int = 1) -> tuple[Top | None, str]:
+        """One chat completion at temperature 0 (the client retries it): the first output token's top
         logprobs (None when the endpoint gives none) and the reply text. With `prefill`, the
         assistant reply starts with it and the model continues it. Raises RequestFailed."""
-        import openai
-
         c = self.config
         messages = [{"role": "user", "content": prompt}]
         extra: dict[str, Any] = {}
         if prefill is not None:
             messages.append({"role": "assistant", "content": prefill})
             extra["extra_body"] = CONTINUE_PREFILL
-        delay = c.backoff_s
-        last = ""
-        async with limit:
-            for attempt in range(1, c.max_attempts + 1):
-                wait = delay
-                try:
-                    self.usage["requests"] += 1
-                    self.usage["continuations"] += int(prefill is not None)
-                    response = await client.chat.completions.create(
-                        model=c.model, messages=messages, max_tokens=max_tokens, temperature=0,
-                        logprobs=True, top_logprobs=TOP_LOGPROBS, **extra,
-                    )
-                    answer = _answer_of(response)
-                    usage = getattr(response, "usage", None)
-                    if usage is not None:
-                        self.usage["prompt_tokens"] += usage.prompt_tokens or 0
-                        self.usage["completion_tokens"] += usage.completion_tokens or 0
-                    return answer
-                except openai.RateLimitError as err:
-                    last = "429 rate limited"
-                    wait = _retry_after(err) or delay
-                except openai.InternalServerError as err:
-                    last = f"{err.status_code} server error"
-                except openai.APITimeoutError:
-                    last = f"timed out after {c.timeout_s:g}s"
-                except openai.APIConnectionError as err:
-                    last = f"connection error ({err.__cause__.__class__.__name__ if err.__cause__ else 'unknown'})"
-                except (MalformedResponse, openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as err:
-                    last = f"malformed response ({err.__class__.__name__})"
-                except openai.APIStatusError as err:  # 400, 401, 404...: retrying cannot help
-                    if prefill is not None:
-                        raise self._cannot_continue(err) from None
-                    raise RequestFailed(f"failed: HTTP {err.status_code} {str(err.message)[:120]}") from None
-                if attempt < c.max_attempts:
-                    self.usage["retries"] += 1
-                    await asyncio.sleep(wait * (1 + 0.25 * random.random()))
-                    delay *= 2
-        raise RequestFailed(f"failed after {c.max_attempts} attempts: {last}")
 
-    def _cannot_continue(self, err) -> UserError:
+        def count(attempt: int) -> None:
+            self.usage["requests"] += 1
+            self.usage["continuations"] += int(prefill is not None)
+            self.usage["retries"] += int(attempt > 1)
+
+        try:
+            response, answer = await self.client.chat(
+                model=c.model, messages=messages, max_tokens=max_tokens, temperature=0,
+                logprobs=True, top_logprobs=TOP_LOGPROBS, **extra,
+                parse=lambda r: (r, _answer_of(r)), on_attempt=count,
+            )
+        except ApiError as err:
+            if err.retryable:
+                raise RequestFailed(f"failed after {err.attempts} attempts: {self._reason(err)}") from None
+            if prefill is not None:  # 400, 401, 404...: retrying cannot help
+                raise self._cannot_continue(err) from None
+            raise RequestFailed(f"failed: HTTP {err.status} {err.detail[:120]}") from None
+        usage = getattr(response, "usage", None)
+        if usage is not None:
+            self.usage["prompt_tokens"] += usage.prompt_tokens or 0
+            self.usage["completion_tokens"] += usage.completion_tokens or 0
+        return answer
+
+    def _reason(self, err: ApiError) -> str:
+        """The judge's words for the last attempt of a request that ran out of retries."""
+        if err.kind == "status":
+            return "429 rate limited" if err.status == 429 else f"{err.status} server error"
+        if err.kind == "timeout":
+            return f"timed out after {self.config.timeout_s:g}s"
+        if err.kind == "unreachable":
+            return f"connection error ({err.cause})"
+        return f"malformed response ({err.cause})"
+
+    def _cannot_continue(self, err: ApiError) -> UserError:
         why = {
             "split": "its tokenizer splits numbers into digits (the server's /tokenize says so)",
             "unknown": "the server has no tokenizer endpoint to ask, and this reply's top-20 first tokens "
@@ -325,19 +292,10 @@ class ApiJudge:
         return UserError(
             f"judge {self.name} at {self.base_url}: {why}, so the score must be read by continuing the reply "
             f"digit by digit, and the endpoint refused to continue a prefilled assistant reply "
-            f"(HTTP {err.status_code}: {str(err.message)[:200]}). Reading only the first token would turn 85 "
+            f"(HTTP {err.status}: {err.detail[:200]}). Reading only the first token would turn 85 "
             "into 8. Serve the judge with vLLM (it continues a final assistant message: continue_final_message), "
             "pick a judge whose tokenizer has whole-number tokens, or use judge.kind=local."
         )
-
-
-async def _all(awaitables) -> list:
-    """Await them all concurrently, then raise the first failure, if any (no request is left running)."""
-    results = await asyncio.gather(*awaitables, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
 
 
 def _answer_of(response) -> tuple[Top | None, str]:
@@ -353,11 +311,3 @@ def _answer_of(response) -> tuple[Top | None, str]:
     if not top and text is None:
         raise MalformedResponse("no logprobs and no message content")
     return (top or None), text or ""
-
-
-def _retry_after(err) -> float | None:
-    try:
-        value = err.response.headers.get("retry-after")
-        return float(value) if value is not None else None
-    except (AttributeError, ValueError):
-        return None
