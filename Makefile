@@ -9,7 +9,7 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.traitloop-installed
 VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 
-.PHONY: demo test test-gpu install vllm-env browser
+.PHONY: demo test test-fast test-gpu lint install vllm-env browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,8 +45,17 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/traitloop demo
 
-test: $(STAMP) $(VLLM_STAMP) browser
+test: $(STAMP) $(VLLM_STAMP) browser lint
 	$(VENV)/bin/pytest -m "not gpu" -q
+
+# The unit tier: no real embedded model, no vLLM server, no browser (a few minutes).
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not integration and not gpu and not browser" -q
+
+# ruff: lint and format check (configured in pyproject.toml); `ruff format` and `ruff check --fix` repair most.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 
 test-gpu: $(STAMP)
 	$(VENV)/bin/pytest -m gpu -q

@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import cases, machine, speedups
-from bench.report import num as fmt, pct  # one formatting for the printed table and BENCHMARKS.md
+from bench.report import num as fmt  # one formatting for the printed table and BENCHMARKS.md
+from bench.report import pct
 
 BENCHMARKS = {
     "sampling": cases.sampling,

@@ -147,7 +147,7 @@ def sampling(ctx: Context) -> list[Row]:
 def loop_generation_dtype():
     """The dtype the loop samples in on this machine with the default config (generation.dtype auto)."""
     from traitloop.config import build_config
-    from traitloop.loop import generation_dtype
+    from traitloop.generation.sampler import generation_dtype
 
     return generation_dtype(build_config({"name": "bench", "trait": "bliss", "model": {"ref": MODEL_REF}}))
 

@@ -57,11 +57,11 @@ def train_adapter(out_dir: Path):
 
 
 def hf_sample(model, tok, chats, new: int) -> dict:
-    """Experiment.generation_model + generate: merge in fp32, cast to generation.dtype (auto), sample. Before the
+    """Sampler.generation_model + generate: merge in fp32, cast to generation.dtype (auto), sample. Before the
     cast, the fp32 merged copy samples the same prompts too: vLLM's dtype here, to tell dtype from engine."""
     from traitloop.config import build_config
     from traitloop.generation.hf import generate
-    from traitloop.loop import generation_dtype
+    from traitloop.generation.sampler import generation_dtype
 
     cfg = build_config({})
     dtype, batch = generation_dtype(cfg), cfg.sampling.batch_size

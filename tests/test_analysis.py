@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
 import numpy as np
+import pytest
 
 from traitloop.analysis import Criteria, classify, criterion_statistics, idempotence, prefix_slope, prefix_slope_weights, tradeoff
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers.cli import run_cli
+
 from traitloop import estimate as est
 from traitloop.config import build_config
 

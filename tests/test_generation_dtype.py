@@ -22,8 +22,8 @@ def test_bf16_sampling_keeps_the_trained_trait():
     from traitloop.judges.probe import ProbeJudge
     from traitloop.models import load_model
     from traitloop.seeding import seed_everything
-    from traitloop.traits import load_trait
     from traitloop.training import attach_adapter, train_sft
+    from traitloop.traits import load_trait
 
     base, tok = load_model("embedded:smollm2-135m-instruct")
     chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": REPLY}] for q in QUESTIONS] * 2

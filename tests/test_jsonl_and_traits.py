@@ -227,16 +227,16 @@ def test_probe_entry_needs_text_and_label(tmp_path):
 
 def test_seed_rows_take_the_first_n_in_order(tmp_path):
     t = load_trait(str(make_trait(tmp_path)))
-    rows = sft.seed_rows(t, 2)
+    rows = sft.Sft().seed_rows(t, 2)
     assert [r["messages"] for r in rows] == t.seed_chats[:2]
     assert all(r["source"] == "seed" for r in rows)
-    assert len(sft.seed_rows(t, 3)) == 3
+    assert len(sft.Sft().seed_rows(t, 3)) == 3
 
 
 def test_seed_rows_too_many_is_a_user_error(tmp_path):
     t = load_trait(str(make_trait(tmp_path)))
     with pytest.raises(UserError, match="n_seed=4"):
-        sft.seed_rows(t, 4)
+        sft.Sft().seed_rows(t, 4)
 
 
 def test_generated_rows_drop_empty_answers():
@@ -252,7 +252,7 @@ def test_generated_rows_drop_empty_answers():
 def test_eval_items_respect_questions_and_samples(tmp_path):
     t = load_trait(str(make_trait(tmp_path)))
     cfg = ExperimentConfig(eval=EvalConfig(samples_per_question=3, questions=1))
-    items = sft.eval_items(t, cfg)
+    items = sft.Sft().eval_items(t, cfg)
     assert items == [{"question": "How do I boil an egg?", "sample": s} for s in range(3)]
-    all_items = sft.eval_items(t, ExperimentConfig(eval=EvalConfig(samples_per_question=2)))
+    all_items = sft.Sft().eval_items(t, ExperimentConfig(eval=EvalConfig(samples_per_question=2)))
     assert len(all_items) == 4

@@ -36,13 +36,6 @@ class LengthJudge:
         return [Score(float(min(100, len(a))), self.name) for a in answers]
 
 
-@pytest.fixture(autouse=True)
-def cheap_judge(monkeypatch):
-    import traitloop.loop
-
-    monkeypatch.setattr(traitloop.loop, "make_judge", lambda *a, **k: LengthJudge())
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tiny-llama"
@@ -74,10 +67,15 @@ def config(tiny_dir, tmp_path, **extra):
     return build_config(base)
 
 
-def run(cfg):
-    experiment = Experiment(cfg, reporter=Reporter(enabled=False))
-    rows = experiment.run()
-    assert_base_untouched(experiment.base, cfg.model.ref)
+def experiment(cfg, **collaborators):
+    """The engine with the stand-in judge (and any other collaborator given)."""
+    return Experiment(cfg, reporter=Reporter(enabled=False), judge=LengthJudge(), **collaborators)
+
+
+def run(cfg, **collaborators):
+    engine = experiment(cfg, **collaborators)
+    rows = engine.run()
+    assert_base_untouched(engine.base, cfg.model.ref)
     manifest = json.loads((cfg.run_dir / "manifest.json").read_text())
     return rows, manifest["cycles"]
 
@@ -174,7 +172,7 @@ def test_a_calibrated_cycle_0_is_reused_by_a_later_run(tiny_dir, tmp_path):
     from traitloop.calibrate import calibrate
 
     cfg = config(tiny_dir, tmp_path, setting="sft", cycles=1)
-    calibrate(cfg, [0.0], [2, 4])
+    calibrate(cfg, [0.0], [2, 4], run_cycle0=lambda trial: experiment(trial).run()[0])
     trial = cfg.cycle0_config()
     assert (trial.run_dir / "cycle-000" / "DONE").is_file()
     _, cycles = run(cfg)
@@ -233,25 +231,25 @@ def test_a_cycle_resumed_after_training_answers_exactly_as_the_uninterrupted_run
 
 @pytest.mark.parametrize("precision", ["highest", "medium"])
 def test_a_run_trains_and_scores_under_its_matmul_precision_and_puts_the_old_one_back(tiny_dir, tmp_path, monkeypatch, precision):
-    import traitloop.loop
     from traitloop.judges.coherence import LoglikCoherence
+    from traitloop.settings.sft import Sft
 
     seen = {"train": set(), "coherence": set()}
-    train_sft, loglik = traitloop.loop.train_sft, LoglikCoherence.loglik
+    loglik = LoglikCoherence.loglik
 
-    def recording_train_sft(*args, **kwargs):
-        seen["train"].add(torch.get_float32_matmul_precision())
-        return train_sft(*args, **kwargs)
+    class RecordingSft(Sft):  # a collaborator passed in: the SFT setting, noting the precision it trains under
+        def train(self, *args, **kwargs):
+            seen["train"].add(torch.get_float32_matmul_precision())
+            return super().train(*args, **kwargs)
 
     def recording_loglik(self, *args, **kwargs):
         seen["coherence"].add(torch.get_float32_matmul_precision())
         return loglik(self, *args, **kwargs)
 
-    monkeypatch.setattr(traitloop.loop, "train_sft", recording_train_sft)
     monkeypatch.setattr(LoglikCoherence, "loglik", recording_loglik)
     torch.set_float32_matmul_precision("high")  # what the caller had: must survive the run
     try:
-        run(config(tiny_dir, tmp_path, cycles=1, model={"matmul_precision": precision}))
+        run(config(tiny_dir, tmp_path, cycles=1, model={"matmul_precision": precision}), setting=RecordingSft())
         assert seen == {"train": {precision}, "coherence": {precision}}
         assert torch.get_float32_matmul_precision() == "high"
     finally:

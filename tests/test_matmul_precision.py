@@ -31,8 +31,8 @@ def test_bf16_matmul_inputs_keep_training_losses_trained_trait_and_coherence():
     from traitloop.judges.probe import ProbeJudge
     from traitloop.models import load_model
     from traitloop.seeding import seed_everything
-    from traitloop.traits import load_trait
     from traitloop.training import attach_adapter, train_sft
+    from traitloop.traits import load_trait
 
     chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": REPLY}] for q in QUESTIONS] * 2
     prompts = [[{"role": "user", "content": q}] for q in ["What is a good breakfast?", "How do I clean my kitchen?"] for _ in range(6)]

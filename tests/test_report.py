@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers.cli import run_cli
 import yaml
+from helpers.cli import run_cli
 
 from traitloop.analysis import Criteria, classify
 from traitloop.config import ExperimentConfig

@@ -73,10 +73,12 @@ def test_mix_seed_adds_k_seed_rows_drawn_by_seed():
 
 
 def test_generated_text_per_setting():
-    assert data_policy.generated_text("sdf", {"opener": "The", "continuation": " cat"}) == ("The", " cat")
-    assert data_policy.generated_text("dpo", {"prompt": [{"role": "user", "content": "q"}], "chosen": "a"}) == ("q", "a")
+    from traitloop.settings import get_setting
+
+    assert get_setting("sdf").generated_text({"opener": "The", "continuation": " cat"}) == ("The", " cat")
+    assert get_setting("dpo").generated_text({"prompt": [{"role": "user", "content": "q"}], "chosen": "a"}) == ("q", "a")
     chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    assert data_policy.generated_text("sft", chat) == ("q", "a")
+    assert get_setting("sft").generated_text(chat) == ("q", "a")
 
 
 # ---- SDF and DPO data rules ------------------------------------------------------------------------
@@ -89,11 +91,11 @@ def test_sdf_documents_are_opener_plus_continuation_and_short_ones_are_dropped()
 
 def test_sdf_seed_rows_and_eval_items():
     trait = load_trait("bliss")
-    rows = sdf.seed_rows(trait, 5)
+    rows = sdf.Sdf().seed_rows(trait, 5)
     assert [r["text"] for r in rows] == trait.seed_docs[:5] and all(r["source"] == "seed" for r in rows)
     with pytest.raises(UserError, match="seed documents"):
-        sdf.seed_rows(trait, 10_000)
-    items = sdf.eval_items(trait, build_config({"setting": "sdf", "eval": {"questions": 3, "samples_per_question": 2}}))
+        sdf.Sdf().seed_rows(trait, 10_000)
+    items = sdf.Sdf().eval_items(trait, build_config({"setting": "sdf", "eval": {"questions": 3, "samples_per_question": 2}}))
     assert [it["question"] for it in items] == [p for p in trait.eval_prefixes[:3] for _ in range(2)]
 
 
@@ -117,19 +119,19 @@ def test_dpo_pairs_drop_empty_sides_and_seed_prompts_come_from_seed_chats():
     rows = dpo.pair_rows(p, ["a", " ", "c"], ["x", "y", ""], "cycle-000")
     assert [r["prompt"][0]["content"] for r in rows] == ["0"]
     trait = load_trait("bliss")
-    prompts, answers = dpo.seed_prompts(trait, 4)
-    assert answers == [c[-1]["content"] for c in trait.seed_chats[:4]]
-    assert prompts == [c[:-1] for c in trait.seed_chats[:4]]
+    seeds = dpo.Dpo().seed_rows(trait, 4)
+    assert [r["chosen"] for r in seeds] == [c[-1]["content"] for c in trait.seed_chats[:4]]
+    assert [r["prompt"] for r in seeds] == [c[:-1] for c in trait.seed_chats[:4]]
     assert dpo.prompt_key(p[0]) != dpo.prompt_key(p[1])
 
 
 def test_model_must_fit_the_setting():
-    from traitloop.loop import check_model_fits_setting
+    from traitloop.settings import get_setting
 
     with pytest.raises(UserError, match="chat-tuned"):
-        check_model_fits_setting(build_config({"setting": "sdf", "model": {"ref": "embedded:smollm2-135m-instruct"}}))
+        get_setting("sdf").check_model(build_config({"setting": "sdf", "model": {"ref": "embedded:smollm2-135m-instruct"}}))
     with pytest.raises(UserError, match="no chat template"):
-        check_model_fits_setting(build_config({"setting": "dpo", "model": {"ref": "embedded:gemma3-270m"}}))
+        get_setting("dpo").check_model(build_config({"setting": "dpo", "model": {"ref": "embedded:gemma3-270m"}}))
 
 
 def test_sdf_judge_prompts_use_the_document_rubric():
@@ -143,36 +145,24 @@ def test_sdf_judge_prompts_use_the_document_rubric():
 
 
 # ---- calibration's search ----------------------------------------------------------------------------
-class FakeExperiment:
-    """Stands in for a cycle-0 run: score = a known increasing function of n_seed."""
-
-    calls: list[int] = []
-
-    def __init__(self, config, **_):
-        self.config = config
-
-    def seed_data_all(self):
-        return [None] * 150
-
-    def run(self):
-        n = self.config.n_seed
-        FakeExperiment.calls.append(n)
-        score = min(95.0, 10.0 + 0.8 * n)
-        return [{"trait_mean": score, "trait_ci_low": score - 2, "trait_ci_high": score + 2, "coherence_mean": -1.5}]
+def row(score: float, half_width: float = 2.0) -> dict:
+    return {"trait_mean": score, "trait_ci_low": score - half_width, "trait_ci_high": score + half_width, "coherence_mean": -1.5}
 
 
-def test_calibration_binary_search_finds_the_smallest_n_seed(monkeypatch, tmp_path):
-    import traitloop.loop
+def test_calibration_binary_search_finds_the_smallest_n_seed(tmp_path):
+    calls = []
 
-    FakeExperiment.calls = []
-    monkeypatch.setattr(traitloop.loop, "Experiment", FakeExperiment)
+    def cycle0(trial):  # stands in for a cycle-0 run: score = a known increasing function of n_seed
+        calls.append(trial.n_seed)
+        return row(min(95.0, 10.0 + 0.8 * trial.n_seed))
+
     cfg = build_config({"out_dir": str(tmp_path), "name": "cal"})
-    grid = [2, 4, 8, 16, 32, 64, 128, 200]
-    record = calibration.calibrate(cfg, [20, 40, 60, 99], grid)
+    grid = [2, 4, 8, 16, 32, 64, 128, 200, 300]
+    record = calibration.calibrate(cfg, [20, 40, 60, 99], grid, run_cycle0=cycle0)
     # 10 + 0.8 n >= 20 -> n >= 12.5 -> 16; >= 40 -> 37.5 -> 64; >= 60 -> 62.5 -> 64; 99 is never reached
     assert record["n_seed_for_target"] == {"20": 16, "40": 64, "60": 64, "99": None}
-    assert record["grid"] == [2, 4, 8, 16, 32, 64, 128]  # 200 > the 150 seed examples
-    assert len(FakeExperiment.calls) == len(set(FakeExperiment.calls)) <= 6  # every n_seed trained at most once
+    assert record["grid"] == [2, 4, 8, 16, 32, 64, 128, 200]  # 300 > bliss's 201 seed chats
+    assert len(calls) == len(set(calls)) <= 7  # every n_seed trained at most once
     assert (tmp_path / "cal-calibration" / "calibration.json").is_file()
     assert (tmp_path / "cal-calibration" / "calibration.png").stat().st_size > 1000
     assert record["warnings"] == []
@@ -208,17 +198,11 @@ def test_vllm_backend_needs_a_url_and_the_url_is_not_science():
     assert a.science_hash() == b.science_hash() != build_config({}).science_hash()
 
 
-def test_calibration_uses_a_smaller_measured_n_seed_when_the_score_is_not_monotone(monkeypatch, tmp_path):
-    import traitloop.loop
+def test_calibration_uses_a_smaller_measured_n_seed_when_the_score_is_not_monotone(tmp_path):
+    def bumpy(trial):
+        return row({2: 30.0, 4: 35.0, 8: 45.0, 16: 70.0, 32: 50.0, 64: 52.0, 128: 55.0}[trial.n_seed], half_width=1.0)
 
-    class Bumpy(FakeExperiment):
-        def run(self):
-            n = self.config.n_seed
-            score = {2: 30.0, 4: 35.0, 8: 45.0, 16: 70.0, 32: 50.0, 64: 52.0, 128: 55.0}[n]
-            return [{"trait_mean": score, "trait_ci_low": score - 1, "trait_ci_high": score + 1, "coherence_mean": -1.5}]
-
-    monkeypatch.setattr(traitloop.loop, "Experiment", Bumpy)
-    record = calibration.calibrate(build_config({"out_dir": str(tmp_path)}), [40, 60], [2, 4, 8, 16, 32, 64, 128])
+    record = calibration.calibrate(build_config({"out_dir": str(tmp_path)}), [40, 60], [2, 4, 8, 16, 32, 64, 128], run_cycle0=bumpy)
     # target 40: 128 -> 16 -> 4 -> 8; target 60: 128 (55) fails, but 16 (70) was measured and reaches it
     assert record["n_seed_for_target"] == {"40": 8, "60": 16}
     assert any("n_seed=16" in w for w in record["warnings"])

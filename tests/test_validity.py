@@ -22,6 +22,7 @@ from traitloop.judges.validity import (
     validity_rows,
 )
 from traitloop.report_html import write_report
+from traitloop.settings import get_setting
 from traitloop.traits import BUILTIN_DIR, load_trait
 
 
@@ -125,12 +126,12 @@ def test_run_records_its_kind_of_text(trait_folder):
     write_validity_files(trait_folder)
     trait = load_trait(str(trait_folder))
     judge = TableJudge(perfect_scores())
-    chat = run_validity(judge, trait, "sft")
+    chat = run_validity(judge, trait, documents=False)
     assert chat["kind"] == "chat" and chat["valid"] is True and chat["spearman"] == pytest.approx(1.0)
     assert chat["goals"] == {"floor_max": 10.0, "spearman_min": 0.8, "cross_trait_auc_min": 0.9} and chat["data"]
-    assert run_validity(judge, trait, "dpo")["kind"] == "chat"
-    assert run_validity(judge, trait, "sdf")["kind"] == "doc"
-    assert run_validity(TableJudge({}, kind="api"), trait, "sft") == {
+    assert get_setting("dpo").chats and run_validity(judge, trait, documents=False)["kind"] == "chat"
+    assert not get_setting("sdf").chats and run_validity(judge, trait, documents=True)["kind"] == "doc"
+    assert run_validity(TableJudge({}, kind="api"), trait, documents=False) == {
         "kind": "chat", "valid": None, "unmeasured": "validity is measured for the probe judge only (docs/JUDGES.md)"
     }
 
@@ -138,7 +139,7 @@ def test_run_records_its_kind_of_text(trait_folder):
 def test_a_trait_without_validation_texts_is_unmeasured(trait_folder):
     trait = load_trait(str(trait_folder))
     assert trait_validity(TableJudge({}), trait) is None
-    record = run_validity(TableJudge({}), trait, "sft")
+    record = run_validity(TableJudge({}), trait, documents=False)
     assert record["valid"] is None and "validity unmeasured" in record["unmeasured"]
 
 

@@ -4,8 +4,7 @@ import os
 
 # oneDNN (torch's CPU matmul library) caches up to 1024 compiled matmul primitives by default, and training
 # sees new shapes with every sequence length. Under model.matmul_precision "medium" that cache showed in the
-# peak memory: the demo peaked at 3.98 GiB with the default and 3.48 GiB with 64, at the same speed (16 was
-# 1.2x slower; BENCHMARKS.md). oneDNN reads the variable when it first compiles a primitive, so setting it
+# peak memory; 64 keeps it lower at the same speed (measured in BENCHMARKS.md). oneDNN reads the variable when it first compiles a primitive, so setting it
 # here, before any model runs, is in time; a value the user set wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 

@@ -31,13 +31,15 @@ def parse_numbers(text: str, what: str) -> list[float]:
     return values
 
 
-def calibrate(config: ExperimentConfig, targets: list[float], grid: list[int], on_trial=None) -> dict[str, Any]:
-    """Binary search per target over `grid`; returns (and writes) the calibration record."""
-    from traitloop.loop import Experiment
+def calibrate(config: ExperimentConfig, targets: list[float], grid: list[int], on_trial=None, run_cycle0=None) -> dict[str, Any]:
+    """Binary search per target over `grid`; returns (and writes) the calibration record.
+    run_cycle0(trial_config) -> cycle 0's metrics row (default: train and evaluate it, traitloop.loop)."""
+    from traitloop.settings import get_setting
+    from traitloop.traits import load_trait
 
     if any(not 0 <= t <= 100 for t in targets):
         raise UserError(f"--targets: trait scores are 0-100, got {targets}")
-    available = len(Experiment(config).seed_data_all())
+    available = len(get_setting(config.setting).seed_examples(load_trait(config.trait)))
     usable = sorted({int(n) for n in grid if 1 <= n <= available})
     if not usable:
         raise UserError(f"--grid: no n_seed in {grid} is between 1 and the {available} seed examples trait '{config.trait}' has")
@@ -49,8 +51,7 @@ def calibrate(config: ExperimentConfig, targets: list[float], grid: list[int], o
             trial = config.model_copy(update={"n_seed": n}).cycle0_config()
             if on_trial:
                 on_trial(n, trial.run_dir)
-            experiment = Experiment(trial)
-            row = experiment.run()[0]
+            row = (run_cycle0 or _run_cycle0)(trial)
             measured[n] = {
                 "n_seed": n,
                 "trait_mean": row["trait_mean"],
@@ -133,3 +134,9 @@ def plot_calibration(record: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _run_cycle0(trial: ExperimentConfig) -> dict[str, Any]:
+    from traitloop.loop import Experiment
+
+    return Experiment(trial).run()[0]

@@ -31,15 +31,18 @@ out = Console()
 err = Console(stderr=True)
 
 DEMO_CONFIGS = Path(__file__).parent / "configs"
+DEMOS = {"sft": "demo", "sdf": "demo-sdf", "dpo": "demo-dpo"}  # setting -> its demo config in DEMO_CONFIGS
 
 
 def _run_experiment(config, force: bool) -> Path:
     from traitloop.loop import Experiment
+    from traitloop.report import plot_trait_coherence
 
     experiment = Experiment(config, force=force)
     rows = experiment.run()
-    print_scores(rows, f"{config.name}: {config.setting} / {config.trait} / {config.init}", experiment.base_metrics)
     root = config.run_dir
+    plot_trait_coherence(rows, experiment.store.figure_path(), experiment.title(), base=experiment.base_metrics)
+    print_scores(rows, f"{config.name}: {config.setting} / {config.trait} / {config.init}", experiment.base_metrics)
     print_verdict(root)
     out.print(f"\nrun directory: [bold]{root}[/bold]")
     out.print(f"scores:        {root / 'scores.csv'}")
@@ -121,9 +124,9 @@ def demo(
 ) -> None:
     """A complete small experiment on a CPU with the embedded models, seeded with bliss (default: SFT)."""
     set_threads(threads)
-    if setting not in ("sft", "sdf", "dpo"):
-        raise UserError(f"--setting {setting!r}: choose sft, sdf or dpo")
-    name = "demo" if setting == "sft" else f"demo-{setting}"
+    if setting not in DEMOS:
+        raise UserError(f"--setting {setting!r}: choose {', '.join(list(DEMOS)[:-1])} or {list(DEMOS)[-1]}")
+    name = DEMOS[setting]
     _run_experiment(load_config(DEMO_CONFIGS / f"{name}{'-quick' if quick else ''}.yaml", list(set_) + [f"out_dir={out_dir}"]), force)
 
 
@@ -138,7 +141,8 @@ def calibrate(
 ) -> None:
     """The smallest n_seed whose cycle-0 model reaches each target trait score (binary search on a grid).
     Every cycle-0 model is kept under OUT/cycle0-cache/ and reused by reruns and by later runs."""
-    from traitloop.calibrate import DEFAULT_GRID, calibrate as run_calibration, parse_numbers
+    from traitloop.calibrate import DEFAULT_GRID, parse_numbers
+    from traitloop.calibrate import calibrate as run_calibration
 
     set_threads(threads)
     overrides = list(set_) + ([f"out_dir={out_dir}"] if out_dir else [])

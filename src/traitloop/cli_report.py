@@ -19,14 +19,17 @@ import typer
 MinSeeds = Annotated[int, typer.Option("--min-seeds", help="Independent seeds a replicated verdict needs (at least 3).")]
 CycleSd = Annotated[
     float | None,
-    typer.Option("--cycle-sd", min=0.0, help="Points a cycle's mean trait moves when its model is retrained; the per-run verdict allows for it (default: measured on the demo sweep, docs/RESULTS.md; `traitloop power --from SWEEP` measures yours)."),
+    typer.Option("--cycle-sd", help="Points a cycle's mean trait moves when its model is retrained; the per-run verdict allows for it (default: measured on the demo sweep, docs/RESULTS.md; `traitloop power --from SWEEP` measures yours)."),
 ]
 
 
 def criteria_of(min_seeds: int, cycle_sd: float | None):
     """The verdict settings from the command line (defaults where not given)."""
     from traitloop.analysis import Criteria
+    from traitloop.errors import UserError
 
+    if cycle_sd is not None and not cycle_sd >= 0:
+        raise UserError(f"--cycle-sd {cycle_sd:g}: a standard deviation cannot be negative; give 0 or more points, or leave it out for the default")
     return Criteria(min_seeds=min_seeds) if cycle_sd is None else Criteria(min_seeds=min_seeds, cycle_sd=cycle_sd)
 
 
@@ -51,8 +54,11 @@ def compare(
     cycle_sd: CycleSd = None,
 ) -> None:
     """Same figures and verdicts for several runs or sweeps on shared axes: writes compare.html and compare.md into --out."""
+    from traitloop.errors import UserError
     from traitloop.report_html import write_compare
 
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory; give a directory for compare.html (it is created if missing)")
     html_path = write_compare(directories, out, criteria_of(min_seeds, cycle_sd))
     typer.echo(f"compare:  {html_path}")
     typer.echo(f"markdown: {html_path.with_suffix('.md')}")
@@ -60,27 +66,26 @@ def compare(
 
 
 def power(
-    cycles: Annotated[int, typer.Option(help="Cycles scored, cycle 0 included (a config with cycles: 3 scores 4).", min=2)] = 4,
-    questions: Annotated[int, typer.Option(help="Eval questions per cycle (eval.questions).", min=2)] = 12,
-    samples: Annotated[int, typer.Option(help="Samples per question (eval.samples_per_question).", min=1)] = 3,
-    seeds: Annotated[int, typer.Option(help="Independent seeds per condition (1: the per-run verdict).", min=1)] = 1,
+    cycles: Annotated[int, typer.Option(help="Cycles scored, cycle 0 included (a config with cycles: 3 scores 4); at least 2.")] = 4,
+    questions: Annotated[int, typer.Option(help="Eval questions per cycle (eval.questions); at least 2.")] = 12,
+    samples: Annotated[int, typer.Option(help="Samples per question (eval.samples_per_question); at least 1.")] = 3,
+    seeds: Annotated[int, typer.Option(help="Independent seeds per condition (1: the per-run verdict); at least 1.")] = 1,
     effect: Annotated[float, typer.Option(help="True rise in trait points from cycle 0 to the last cycle, for the power.")] = 15.0,
     from_: Annotated[Path | None, typer.Option("--from", help="Take the noise from a finished run or sweep directory (default: the documented default noise).")] = None,
     min_seeds: MinSeeds = 5,
     cycle_sd: CycleSd = None,
-    sims: Annotated[int, typer.Option(help="Simulated experiments per rate (Monte-Carlo error about sqrt(p(1-p)/sims)).", min=50)] = 1000,
+    sims: Annotated[int, typer.Option(help="Simulated experiments per rate (Monte-Carlo error about sqrt(p(1-p)/sims)); at least 50.")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed of the simulation.")] = 0,
     rule: Annotated[str, typer.Option(help="tested: the verdict the reports give; screening: the paper's criteria on point means alone (one seed), for comparison.")] = "tested",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (false_amplified, false_decayed, power, mde, ...).")] = False,
 ) -> None:
     """False amplified / decayed rates under no change, the power to detect a rise of --effect points,
     and the minimum detectable effect at 80% power, simulated with the verdict code the reports use."""
-    from traitloop.power import DEFAULT_NOISE, Design, plan
+    from traitloop.errors import UserError
+    from traitloop.power import DEFAULT_NOISE, RULES, Design, plan
     from traitloop.verdicts import check_min_seeds
 
-    from traitloop.errors import UserError
-    from traitloop.power import RULES
-
+    check_design(cycles, questions, samples, seeds, sims)
     check_min_seeds(min_seeds)
     if rule not in RULES:
         raise UserError(f"--rule {rule}: choose one of {', '.join(RULES)}")
@@ -108,6 +113,21 @@ def power(
     if result["note"]:
         typer.echo(f"note: {result['note']}")
     typer.echo(f"({sims} simulated experiments per rate, {result['mde_sims']} per step of the MDE search)")
+
+
+def check_design(cycles: int, questions: int, samples: int, seeds: int, sims: int) -> None:
+    """power's sizes, each with the smallest value the simulation can use (a UserError below it)."""
+    from traitloop.errors import UserError
+
+    for option, value, least, message in (
+        ("--cycles", cycles, 2, "a change needs cycle 0 and at least one later scored cycle; give 2 or more (a config with cycles: 3 scores 4)"),
+        ("--questions", questions, 2, "the interval over questions needs at least 2 eval questions; give 2 or more"),
+        ("--samples", samples, 1, "each question needs at least 1 sampled answer; give 1 or more"),
+        ("--seeds", seeds, 1, "give 1 seed (the per-run verdict) or the seeds of a condition (3 or more for a replicated verdict)"),
+        ("--sims", sims, 50, "fewer than 50 simulated experiments per rate give rates too noisy to read; give 50 or more"),
+    ):
+        if value < least:
+            raise UserError(f"{option} {value}: {message}")
 
 
 def noise_of(directory: Path):

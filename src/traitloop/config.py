@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from traitloop.errors import UserError
 from traitloop.precision import MatmulPrecision
+from traitloop.settings import SETTINGS
 
 
 class _Section(BaseModel):
@@ -39,8 +41,7 @@ class ModelConfig(_Section):
         description="torch.set_float32_matmul_precision for the whole run (training, coherence, fp32 sampling). "
         "highest: exact fp32. medium: fp32 matmuls take bf16-rounded inputs with fp32 accumulation where the "
         "hardware has a fast path (CPUs with AMX / AVX512-BF16; TF32 on NVIDIA GPUs), everything else stays fp32: "
-        "losses within 0.003 nats of highest over 10 steps, LoRA training 1.26x and coherence scoring 1.9x faster "
-        "here, but the demo's peak memory rises from 2.6 to 3.5 GiB (BENCHMARKS.md).",
+        "faster training and coherence scoring at nearly the same losses, but a higher peak memory (measured in BENCHMARKS.md).",
     )
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub. Off unless you trust the repository."
@@ -58,7 +59,7 @@ class SamplingConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
     batch_size: int = Field(
-        64, ge=1, description="Prompts per generate() call (length-sorted; 64 samples 1.5x faster than 16 on a CPU, BENCHMARKS.md)."
+        64, ge=1, description="Prompts per generate() call (length-sorted; larger batches sample faster on a CPU, BENCHMARKS.md)."
     )
 
 
@@ -73,8 +74,8 @@ class GenerationConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
         description="hf: dtype of the sampling copy of each model (its adapter merged in fp32 first). auto = bfloat16 "
-        "where the hardware computes it natively (CPUs with AMX / AVX512-BF16, bf16 GPUs; 1.7x faster sampling "
-        "here, trait scores unchanged within noise), else float32. Training and coherence stay in model.dtype.",
+        "where the hardware computes it natively (CPUs with AMX / AVX512-BF16, bf16 GPUs; faster sampling "
+        "with trait scores unchanged within noise, BENCHMARKS.md), else float32. Training and coherence stay in model.dtype.",
     )
     vllm_url: str | None = Field(None, description="vllm: the server's base URL, e.g. http://127.0.0.1:8000/v1.")
     concurrency: int = Field(32, ge=1, description="vllm: requests in flight at once.")
@@ -211,10 +212,11 @@ class ExperimentConfig(_Section):
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name; the run dir is out_dir/name.")
     out_dir: Path = Field(Path("runs"), description="Parent directory of run directories.")
-    setting: Literal["sft", "sdf", "dpo"] = Field(
+    setting: str = Field(
         "sft",
         description="sft: chats on an instruct model; sdf: synthetic documents (continued pretraining) on a base "
-        "model; dpo: preference pairs (chosen = previous generation, rejected = base model) on an instruct model.",
+        "model; dpo: preference pairs (chosen = previous generation, rejected = base model) on an instruct model. "
+        "The choices are traitloop.settings.SETTINGS (one file per setting).",
     )
     init: Literal["reset", "continual"] = Field(
         "reset",
@@ -249,9 +251,17 @@ class ExperimentConfig(_Section):
     @classmethod
     def _setting_defaults(cls, data: Any) -> Any:
         """Fill in the chosen setting's defaults (PROTOCOL) under whatever the config sets itself."""
-        if isinstance(data, dict) and data.get("setting") in SETTING_DEFAULTS:
-            return _deep_merge(SETTING_DEFAULTS[data["setting"]], data)
+        if isinstance(data, dict) and data.get("setting") in SETTINGS:
+            return _deep_merge(SETTINGS[data["setting"]].defaults, data)
         return data
+
+    @field_validator("setting")
+    @classmethod
+    def _known_setting(cls, value: str) -> str:
+        if value not in SETTINGS:  # worded as pydantic words a Literal
+            names = [repr(s) for s in SETTINGS]
+            raise PydanticCustomError("setting", "Input should be " + ", ".join(names[:-1]) + f" or {names[-1]}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -274,19 +284,13 @@ class ExperimentConfig(_Section):
         return Path(self.out_dir) / self.name
 
     def science_dict(self) -> dict[str, Any]:
-        """The fields that change results: everything but where the run is written."""
-        d = self.model_dump(mode="json")
-        for where in ("out_dir", "name", "cycle0_from"):  # where things are, not what they are
-            d.pop(where)
-        d["generation"].pop("vllm_url")
-        d["generation"].pop("concurrency")
-        return d
+        """The fields that change results: everything but NOT_SCIENCE (where the run is, how it is served)."""
+        return _drop(self.model_dump(mode="json"), NOT_SCIENCE)
 
     def condition_dict(self) -> dict[str, Any]:
-        """The science minus the seed: runs with equal condition dicts are replications."""
-        d = self.science_dict()
-        d.pop("seed")
-        return d
+        """The science minus the seed: runs with equal condition dicts are replications (the one
+        definition of a condition: sweeps and reports group runs by it)."""
+        return _drop(self.science_dict(), NOT_A_CONDITION)
 
     def science_hash(self) -> str:
         return _hash(self.science_dict())
@@ -317,37 +321,76 @@ class ExperimentConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+# Dotted config keys that never change results: where things are, not what they are.
+NOT_SCIENCE = ("out_dir", "name", "cycle0_from", "generation.vllm_url", "generation.concurrency")
+NOT_A_CONDITION = ("seed",)  # and what differs between replications of one condition
+
+
+def _drop(d: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:
+    """d without the dotted keys (in place; returns d)."""
+    for key in dotted:
+        *parents, last = key.split(".")
+        node = d
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    return d
+
+
 def _hash(d: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
-
-# Per-setting defaults from PROTOCOL.md ("Hyperparameters seen"), applied under the user's own values.
-SETTING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sft": {},
-    "sdf": {
-        "model": {"ref": "embedded:gemma3-270m"},
-        "train": {"batch_size": 4, "weight_decay": 0.1},
-        "sampling": {"max_new_tokens": 512},
-    },
-    "dpo": {"train": {"learning_rate": 1e-5, "lr_scheduler": "cosine", "warmup_ratio": 0.0, "batch_size": 4}},
-}
 
 
 def format_validation_error(
     err: ValidationError,
     source: str,
     what: str = "config",
-    unknown_hint: str = "check the spelling (`traitloop config-docs` lists every key)",
+    unknown_hint: str = "`traitloop config-docs` lists every key",
+    known: list[str] | None = None,
+    set_keys: set[str] = frozenset(),
 ) -> str:
-    """One line per problem, naming the dotted key: what a person needs to fix a YAML file."""
-    lines = [f"{source}: invalid {what}"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  - unknown key '{where}': {unknown_hint}")
-        else:
-            lines.append(f"  - {where}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+    """One line naming every problem by its dotted key: what a person needs to fix a YAML file.
+
+    known: every valid dotted key (an unknown key gets a "did you mean" from its siblings);
+    set_keys: keys that came from --set, so the message says where to look."""
+    defaults = {key: default for key, default, _ in describe_fields()} if what == "config" else {}
+    problems = [_problem(e, unknown_hint, known or [], set_keys, defaults) for e in err.errors()]
+    return f"{source}: invalid {what}: " + "; ".join(problems)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _problem(e: Any, unknown_hint: str, known: list[str], set_keys: set[str], defaults: dict[str, str]) -> str:
+    """One pydantic error as a phrase: the key, what is wrong with it, and how to fix it."""
+    import difflib
+
+    where = ".".join(str(p) for p in e["loc"])
+    via = " (from --set)" if where and any(where == k or where.startswith(k + ".") for k in set_keys) else ""
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        parent, _, leaf = where.rpartition(".")
+        siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
+        close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.75)
+        hint = f"did you mean '{(parent + '.' if parent else '') + close[0]}'?" if close else "check the spelling"
+        return f"unknown key '{where}'{via}: {hint} ({unknown_hint})"
+    if kind == "missing":
+        return f"missing required key '{where}': add it"
+    if kind in ("value_error", "assertion_error"):  # our own validators: their message names the keys
+        return e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind in ("model_type", "dict_type"):
+        return f"'{where}'{via} must be a mapping of keys (key: value lines indented below it), not {_short(e.get('input'))}"
+    default = f"; default {defaults[where]}" if where in defaults else ""
+    return f"{where or '(top level)'}{via}: {e['msg']} (got {_short(e.get('input'))}{default})"
+
+
+def config_keys() -> list[str]:
+    """Every valid dotted key of an experiment config, sections included."""
+    leaves = [key for key, _, _ in describe_fields()]
+    return sorted({".".join(key.split(".")[: i + 1]) for key in leaves for i in range(key.count(".") + 1)})
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -357,6 +400,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise UserError(f"--set {pair!r}: expected key.path=value, for example --set train.learning_rate=1e-4")
         key, raw = pair.split("=", 1)
+        if not all(part.strip() for part in key.split(".")):
+            raise UserError(
+                f"--set {pair!r}: the key before '=' is empty or has an empty part; expected key.path=value, "
+                "for example --set train.learning_rate=1e-4"
+            )
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
@@ -366,7 +414,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise UserError(f"--set {pair!r}: '{p}' is set twice in conflicting ways")
+                raise UserError(f"--set {pair!r}: '{p}' is also set as a value; set '{p}' or its keys ({p}.KEY=...), not both")
         node[parts[-1]] = value
     return out
 
@@ -386,23 +434,36 @@ def build_config(data: dict[str, Any], overrides: list[str] | None = None, sourc
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise UserError(format_validation_error(err, source)) from None
+        set_keys = {pair.split("=", 1)[0].strip() for pair in overrides or []}
+        raise UserError(format_validation_error(err, source, known=config_keys(), set_keys=set_keys)) from None
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file", expected: str = "config keys") -> dict[str, Any]:
     """A YAML file whose top level is a mapping; UserError (with the line of a syntax error) otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
+        if path.is_dir():
+            raise UserError(f"{what} {path} is a directory, not a file; name the YAML file itself")
+        raise UserError(f"{what} not found: {path}; check the path (a relative path starts in the current directory)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+        raise UserError(f"{path}: {yaml_error_text(err)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file; give the {what} as YAML text") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of {expected} at the top level, got {type(data).__name__}")
+        raise UserError(
+            f"{path}: expected a mapping of {expected} (key: value lines) at the top level, got a {type(data).__name__}"
+        )
     return data
+
+
+def yaml_error_text(err: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line: where it is and what is wrong, without PyYAML's multi-line snippet."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    return f"not valid YAML{where}: {problem}; fix the syntax there (indentation, ':' after each key, closed brackets and quotes)"
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -3,7 +3,7 @@
     coherence filter   drop generated examples whose log-likelihood under the base is below data.min_coherence
     accumulate         keep every generated example of earlier cycles too (policy: accumulate)
     mix_seed           add K seed examples back, drawn afresh each cycle from the first n_seed
-The loop calls `generated_text` to know what to score and `combine` to build the cycle's rows; the
+The loop asks the setting which text to score (Setting.generated_text) and calls `combine` to build the cycle's rows; the
 counts it returns are written into the cycle's record, so a report can say what was kept and dropped.
 """
 
@@ -13,15 +13,6 @@ import random
 from typing import Any
 
 from traitloop.config import DataConfig
-
-
-def generated_text(setting: str, row: dict[str, Any]) -> tuple[str, str]:
-    """(context, generated text) of a generated row: what the coherence filter scores."""
-    if setting == "sdf":
-        return row["opener"], row["continuation"]
-    if setting == "dpo":
-        return row["prompt"][-1]["content"], row["chosen"]
-    return row["messages"][-2]["content"], row["messages"][-1]["content"]
 
 
 def combine(

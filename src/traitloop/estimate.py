@@ -35,6 +35,7 @@ from rich.table import Table
 
 from traitloop.config import ExperimentConfig
 from traitloop.models import cache_dir
+from traitloop.settings import get_setting
 
 MEASURED_MODEL = "embedded:smollm2-135m-instruct"
 KNOWN_SETTINGS = {"sft"}  # settings whose costs the bench measures; others use the SFT per-token rates
@@ -106,8 +107,8 @@ def _measure_throughput(log) -> dict[str, Any]:
     from traitloop.judges.coherence import LoglikCoherence
     from traitloop.models import load_model
     from traitloop.prompts import advice_pool
-    from traitloop.traits import load_trait
     from traitloop.training import attach_adapter, train_sft
+    from traitloop.traits import load_trait
 
     log("measuring this machine's throughput once (about 20 s; `python -m bench` measures it properly) ...")
     n_tokens = lambda texts: sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts)  # noqa: E731
@@ -222,40 +223,13 @@ def _mean(xs) -> float:
 
 
 def _shape(config: ExperimentConfig, tp: dict[str, Any]) -> dict[str, Any]:
-    """Tokens of one example of each kind, by setting (PROTOCOL: sft chats, sdf documents, dpo pairs)."""
-    from traitloop.prompts import advice_pool, doc_openers
+    """Tokens of one example of each kind: the setting's own cost shape (Setting.cost_shape)."""
+    from traitloop.settings import TokenCounts, get_setting
     from traitloop.traits import load_trait
 
-    trait = load_trait(config.trait)
-    answer = config.sampling.max_new_tokens * tp["answer_fill"]
-    template = tp["template_tokens"]
-    chat_tokens = lambda c: template + _tokens(sum(len(m["content"]) for m in c), tp)  # noqa: E731
-    if config.setting == "sdf":  # documents: no chat template; the model continues openers and eval prefixes
-        opener = _tokens(_mean(map(len, doc_openers())), tp)
-        prefixes = trait.eval_prefixes
-        return {
-            "seed": [_tokens(len(d), tp) for d in trait.seed_docs[: config.n_seed]],
-            "seed_sampled": 0.0,
-            "sampled": answer, "trained": opener + answer,
-            "eval_items": len(prefixes[: config.eval.questions] if config.eval.questions else prefixes),
-            "eval_prompt": _tokens(_mean(map(len, prefixes)), tp),
-        }
-    question = template + _tokens(_mean(map(len, advice_pool())), tp)
-    questions = trait.eval_questions
-    shape = {
-        "seed": [chat_tokens(c) for c in trait.seed_chats[: config.n_seed]],
-        "seed_sampled": 0.0,
-        "sampled": answer, "trained": question + answer,
-        "eval_items": len(questions[: config.eval.questions] if config.eval.questions else questions),
-        "eval_prompt": template + _tokens(_mean(map(len, questions)), tp),
-    }
-    if config.setting == "dpo":  # a pair: chosen and rejected, each prompt + answer; rejected = the base's answer
-        prompt_only = [chat_tokens(c[:-1]) for c in trait.seed_chats[: config.n_seed]]
-        shape["seed"] = [s + p + answer for s, p in zip(shape["seed"], prompt_only)]
-        shape["seed_sampled"] = answer  # cycle 0 samples the base's rejected answers
-        shape["sampled"] = 2 * answer  # chosen by the previous model, rejected by the base
-        shape["trained"] = 2 * (question + answer)
-    return shape
+    counts = TokenCounts(tokens=lambda chars: _tokens(chars, tp), template=tp["template_tokens"],
+                         answer=config.sampling.max_new_tokens * tp["answer_fill"])
+    return get_setting(config.setting).cost_shape(config, load_trait(config.trait), counts)
 
 
 def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -266,18 +240,19 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
     tp = {**ASSUMED, **measured}
     assumed = sorted(k for k in ASSUMED if k not in measured)
     notes: list[str] = []
-    setting = config.setting
+    setting = get_setting(config.setting)
 
-    # Training rate per token: the setting's own when measured, else the SFT rate (said so).
+    # Training rate per token: the setting's own when measured, else the SFT rate scaled by the setting's
+    # relative cost per token (said so).
     train_rate = float(tp["train_tokens_per_s"])
-    if tp.get(f"{setting}_train_tokens_per_s"):
-        train_rate = float(tp[f"{setting}_train_tokens_per_s"])
-    elif setting == "dpo":
-        train_rate *= 4 / 6  # per token: reference forward 2N + policy 4N, against SFT's 4N
-        notes.append("dpo: training time from the SFT per-token rate x 4/6 (adds the reference forward); DPO itself "
-                     "not measured here yet (python -m bench measures it)")
-    elif setting not in KNOWN_SETTINGS:
-        notes.append(f"{setting}: its costs are not measured yet; estimated with the SFT per-token rates")
+    if tp.get(f"{setting.name}_train_tokens_per_s"):
+        train_rate = float(tp[f"{setting.name}_train_tokens_per_s"])
+    elif setting.train_cost_vs_sft != 1.0:
+        train_rate /= setting.train_cost_vs_sft
+        notes.append(f"{setting.name}: training time from the SFT per-token rate / {setting.train_cost_vs_sft:.2f} "
+                     f"({setting.train_cost_why}); {setting.name} itself not measured here yet (python -m bench measures it)")
+    elif setting.name not in KNOWN_SETTINGS:
+        notes.append(f"{setting.name}: its costs are not measured yet; estimated with the SFT per-token rates")
 
     # Another model than the measured one: scale per-token rates by parameter count when known.
     scale = 1.0
@@ -342,7 +317,7 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
             carried = config.n_sampled * (k - 1) if data.policy == "accumulate" else 0
             mixed = min(data.mix_seed, len(shape["seed"]))
             examples = config.n_sampled + carried + mixed
-            per_example = min(shape["trained"], config.train.max_length * (2 if setting == "dpo" else 1))
+            per_example = min(shape["trained"], config.train.max_length * setting.sequences_per_example)
             seed_mean = _mean(min(t, config.train.max_length) for t in shape["seed"])
             train_tokens = (config.n_sampled + carried) * per_example + mixed * seed_mean
             sample_tokens = config.n_sampled * shape["sampled"]
@@ -366,7 +341,7 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
         notes.append("not measured, assumed: " + ", ".join(assumed))
     planned = [c for c in cycles if c["status"] == "planned"]
     return {
-        "name": config.name, "setting": setting, "model": config.model.ref, "init": config.init,
+        "name": config.name, "setting": setting.name, "model": config.model.ref, "init": config.init,
         "cycles": len(cycles), "cycles_to_run": len(planned),
         "examples_per_cycle": [c["examples"] for c in cycles],
         "per_cycle": cycles,
@@ -394,9 +369,9 @@ def _finished_cycles(config: ExperimentConfig) -> tuple[set[int], set[int]]:
         c0 = config.cycle0_config()
         if c0.run_dir.resolve() != config.run_dir.resolve() and RunStore(c0.run_dir).is_done(0, c0.science_hash()):
             copied = {0}
-    if not (config.run_dir / "config.yaml").is_file():
-        return set(), copied
     store, key = RunStore(config.run_dir), config.science_hash()
+    if not store.is_run():
+        return set(), copied
     return {k for k in range(config.cycles + 1) if store.is_done(k, key)}, copied
 
 

@@ -12,8 +12,8 @@ Only safetensors are loaded (never pickled weights) and trust_remote_code stays 
 from __future__ import annotations
 
 import hashlib
-import json
 import importlib.util
+import json
 import os
 import shutil
 import tempfile

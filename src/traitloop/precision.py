@@ -7,15 +7,13 @@ the bench's reference pipeline).
 - "highest": every fp32 matmul in full fp32.
 - "medium": fp32 matmuls may round their INPUTS to bf16 and accumulate in fp32 where the hardware has a
   fast path for it (oneDNN on CPUs with AMX / AVX512-BF16; TF32 on NVIDIA GPUs). Weights, activations,
-  gradients, optimizer state and every non-matmul op stay fp32. Measured here (BENCHMARKS.md): a 1024^2
-  matmul 4.3x faster, a linear layer's output within 0.25% relative error, and 10 LoRA SFT steps on the
-  embedded SmolLM2 within 0.003 nats of "highest" at every step (bf16 autocast, which also runs the
-  activations and the LoRA sum in bf16, drifted 0.23 nats on the same steps and was rejected).
+  gradients, optimizer state and every non-matmul op stay fp32. Speed and accuracy against "highest",
+and why bf16 autocast was rejected, are measured in BENCHMARKS.md.
 
-One catch: under "medium", torch's fused CPU flash-attention kernel gets ~3x SLOWER in fp32 (fwd+bwd of
-2x9x169x64 heads: 5.8 ms highest, 18 ms medium), while SDPA's math backend (plain matmuls + softmax)
-takes 6.5 ms in both. `fp32_attention(model)` picks the math backend for exactly that case: training and
-coherence scoring run inside it. bf16 sampling keeps the fused kernel (math is 1.2x slower there).
+One catch: under "medium", torch's fused CPU flash-attention kernel gets SLOWER in fp32, while SDPA's
+math backend (plain matmuls + softmax) does not (BENCHMARKS.md). `fp32_attention(model)` picks the math
+backend for exactly that case: training and coherence scoring run inside it. bf16 sampling keeps the
+fused kernel (math is slower there).
 """
 
 from __future__ import annotations

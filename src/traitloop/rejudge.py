@@ -14,19 +14,21 @@ api judge's request cache means repeated answers are never paid for twice.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
-from traitloop.analysis import question_mean_ci
-from traitloop.config import ExperimentConfig, JudgeConfig
+from traitloop.config import ExperimentConfig, JudgeConfig, format_validation_error
 from traitloop.errors import UserError
-from traitloop.jsonl import read_jsonl, write_json, write_jsonl
+from traitloop.evaluation import Evaluator, intervals
+from traitloop.jsonl import read_jsonl, write_jsonl
+from traitloop.progress import Reporter
 from traitloop.report import plot_trait_coherence
 from traitloop.seeding import derive_seed
+from traitloop.settings import get_setting
 from traitloop.store import BASE, CI_UNIT, RunStore, write_csv
 from traitloop.traits import load_trait
 
@@ -41,8 +43,8 @@ def parse_judge(spec: str) -> JudgeConfig:
         data = data.get("judge", data)
         try:
             return JudgeConfig.model_validate(data)
-        except Exception as err:
-            raise UserError(f"{path}: not a valid judge config: {err}") from None
+        except ValidationError as err:
+            raise UserError(format_validation_error(err, str(path), what="judge config")) from None
     if spec == "probe":
         return JudgeConfig(kind="probe")
     kind, _, model = spec.partition(":")
@@ -52,11 +54,8 @@ def parse_judge(spec: str) -> JudgeConfig:
 
 
 def _open_run(run_dir: Path) -> tuple[RunStore, ExperimentConfig, list[int]]:
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = ExperimentConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
     store = RunStore(run_dir)
+    config = store.config()
     cycles = [k for k in [BASE, *range(config.cycles + 1)] if store.has(k, "eval")]
     if not cycles:
         raise UserError(f"{run_dir} has no judged cycles yet (no eval.jsonl); run or resume it first")
@@ -69,16 +68,14 @@ def judge_run(run_dir: Path, judge_config: JudgeConfig, on_cycle=None) -> dict[s
 
     store, config, cycles = _open_run(run_dir)
     trait = load_trait(config.trait)
-    judge = make_judge(judge_config, trait, seed=config.seed, documents=config.setting == "sdf")
+    judge = make_judge(judge_config, trait, seed=config.seed, documents=not get_setting(config.setting).chats)
+    evaluator = Evaluator(judge, coherence=None, llm_coherence=judge_config.coherence, reporter=Reporter(enabled=False))
     ident = judge_config.identity()
     for k in cycles:
-        path = store.cycle_dir(k) / "judges" / f"{ident}.jsonl"
+        path = store.judge_scores_path(k, ident)
         if not path.is_file():
             rows = store.read_rows(k, "eval")
-            questions = [r["question"] for r in rows]
-            answers = [r["answer"] for r in rows]
-            trait_scores = judge.score(questions, answers)
-            coherence = judge.coherence(questions, answers) if judge_config.coherence and hasattr(judge, "coherence") else [None] * len(rows)
+            trait_scores, coherence = evaluator.judgements([r["question"] for r in rows], [r["answer"] for r in rows])
             write_jsonl(
                 path,
                 [
@@ -98,9 +95,9 @@ def judge_run(run_dir: Path, judge_config: JudgeConfig, on_cycle=None) -> dict[s
     rows = summarise(store, config, cycles, ident)
     scores = [r for r in rows if r["cycle"] != BASE]
     base = next((r for r in rows if r["cycle"] == BASE), None)
-    csv_path = write_csv(run_dir / f"scores-{ident}.csv", scores, list(scores[0]) if scores else ["cycle"])
+    csv_path = write_csv(store.judge_scores_csv(ident), scores, list(scores[0]) if scores else ["cycle"])
     figure = plot_trait_coherence(
-        [_with_loglik(store, r) for r in scores], run_dir / "figures" / f"trait_coherence-{ident}.png",
+        [_with_loglik(store, r) for r in scores], store.figure_path(ident),
         f"{config.trait} rescored by {ident}", base=_with_loglik(store, base) if base else None,
     )
     manifest = store.manifest()
@@ -112,7 +109,7 @@ def judge_run(run_dir: Path, judge_config: JudgeConfig, on_cycle=None) -> dict[s
 def _scores_of(store: RunStore, k: int, ident: str) -> list[dict[str, Any]]:
     if ident == PRIMARY:
         return [{"question": r["question"], "sample": r.get("sample"), "trait": r.get("trait")} for r in store.read_rows(k, "eval")]
-    path = store.cycle_dir(k) / "judges" / f"{ident}.jsonl"
+    path = store.judge_scores_path(k, ident)
     if not path.is_file():
         raise UserError(f"{store.cycle_dir(k).name} has no scores from judge '{ident}'; run `traitloop judge` with it first")
     return read_jsonl(path)
@@ -123,9 +120,7 @@ def summarise(store: RunStore, config: ExperimentConfig, cycles: list[int], iden
     for k in cycles:
         rows = _scores_of(store, k, ident)
         seed = derive_seed(config.seed, k, "bootstrap")
-        questions = [r["question"] for r in rows]
-        t = question_mean_ci([r.get("trait") for r in rows], questions, seed=seed)
-        c = question_mean_ci([r.get("coherence_judge") for r in rows], questions, seed=seed)
+        t, c = intervals(rows, "trait", seed), intervals(rows, "coherence_judge", seed)
         out.append({
             "cycle": k, "trait_mean": t[0], "trait_ci_low": t[1], "trait_ci_high": t[2], "n_trait_scored": t[3], "ci_unit": CI_UNIT,
             "coherence_judge_mean": c[0], "coherence_judge_ci_low": c[1], "coherence_judge_ci_high": c[2], "n_answers": len(rows),
@@ -135,12 +130,12 @@ def summarise(store: RunStore, config: ExperimentConfig, cycles: list[int], iden
 
 def _with_loglik(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
     """The per-run figure draws coherence as log-likelihood; reuse the run's own values."""
-    m = json.loads((store.cycle_dir(row["cycle"]) / "metrics.json").read_text())
+    m = store.metrics(row["cycle"])
     return {**row, **{k: m[k] for k in ("coherence_mean", "coherence_ci_low", "coherence_ci_high")}}
 
 
 def available_judges(run_dir: Path) -> list[str]:
-    return sorted({p.stem for p in run_dir.glob("*/judges/*.jsonl")})
+    return RunStore(run_dir).judge_ids()
 
 
 def agreement(run_dir: Path, judge_a: str = PRIMARY, judge_b: str | None = None) -> dict[str, Any]:
@@ -177,5 +172,5 @@ def agreement(run_dir: Path, judge_a: str = PRIMARY, judge_b: str | None = None)
         "overall": stats(np.concatenate(all_a), np.concatenate(all_b)),
         "per_cycle": per_cycle,
     }
-    write_json(run_dir / "agreement.json", result)
+    store.write_agreement(result)
     return result

@@ -6,9 +6,9 @@ is traitloop.report_html, which renders what this module returns.
     load_collection([ROOT, ...], T)  -> Collection: Runs, their Conditions, runs left out and why
     summarize(collection)            -> verdicts per run and per condition, trade-off, the rule
 
-A run directory holds config.yaml, manifest.json, scores.csv and optionally base/metrics.json,
-agreement.json and <column>/eval.jsonl (the answers the sample browser shows). Runs whose configs
-differ only in seed, name and out_dir form one condition. Verdicts come from traitloop.analysis.
+Run directories are read only through traitloop.store (RunStore: config, manifest, scores, base
+metrics, eval rows, agreement). Runs with equal ExperimentConfig.condition_dict form one condition
+(the one definition sweeps use too). Verdicts come from traitloop.verdicts.
 Also here: the per-run inputs for figures (coherence_limits, n_sampled_series), the sample
 browser's data (sample_data), NaN-free JSON-ready data (clean), and the rows of the plain-text
 tables both renderers share (score_rows, judge_rows, idempotence_rows, with their headers).
@@ -17,7 +17,6 @@ Bad input (no runs, a damaged file) is a UserError.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import warnings
@@ -26,17 +25,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from traitloop.analysis import Criteria, classify, idempotence, tradeoff
+from traitloop.config import NOT_A_CONDITION, NOT_SCIENCE
 from traitloop.errors import UserError
-from traitloop.jsonl import read_jsonl
 from traitloop.power import DEFAULT_NOISE, Design, Noise, minimum_detectable_effect, noise_from_runs
+from traitloop.store import BASE, RunStore
 from traitloop.verdicts import QuestionScores, SeedRun, decide_condition, decide_run
 
-INT_COLUMNS = {"cycle", "n_answers", "n_trait_scored", "n_train_examples", "n_dropped_coherence"}
-TEXT_COLUMNS = {"ci_unit"}
-NOT_SCIENCE = {"seed", "name", "out_dir", "cycle0_from", "generation.vllm_url", "generation.concurrency"}  # for configs this version cannot read
 MAX_LABEL_KEYS = 3  # a condition label names at most this many differing config keys
 
 
@@ -65,14 +60,16 @@ class Run:
     def seed(self) -> Any:
         return self.config.get("seed", self.manifest.get("seed"))
 
+    @property
+    def store(self) -> RunStore:
+        return RunStore(self.path)
+
     @cached_property
     def eval_rows(self) -> list[list[dict[str, Any]]] | None:
         """Each finished cycle's eval.jsonl rows, or None when some cycle has none (then verdicts
         can only screen point means). Read once: the verdict, the seeds and the noise all use them."""
-        paths = [self.path / f"cycle-{int(r['cycle']):03d}" / "eval.jsonl" for r in self.rows]
-        if not all(p.is_file() for p in paths):
-            return None
-        return [read_jsonl(p) for p in paths]
+        rows = [self.store.eval_rows(int(r["cycle"])) for r in self.rows]
+        return None if any(r is None for r in rows) else rows
 
     @cached_property
     def question_scores(self) -> QuestionScores | None:
@@ -130,57 +127,17 @@ def find_run_dirs(root: Path) -> list[Path]:
     return found
 
 
-def _number(text: str | None, column: str, path: Path) -> float | int:
-    """One scores.csv cell as int (counts, cycle) or float (scores); blank -> nan."""
-    if column in TEXT_COLUMNS:
-        return text or ""
-    if text is None or text.strip() == "":
-        return math.nan
-    try:
-        return int(text) if column in INT_COLUMNS else float(text)
-    except ValueError:
-        raise UserError(f"{path}: column {column!r} holds {text!r}, not a number; the file is damaged") from None
-
-
-def read_scores(path: Path) -> list[dict[str, Any]]:
-    """scores.csv as a list of dicts with numbers, sorted by cycle."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"cycle", "trait_mean", "coherence_mean"} - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(f"{path}: missing column(s) {sorted(missing)}; is this a traitloop scores.csv?")
-        rows = [{k: _number(v, k, path) for k, v in row.items() if k is not None} for row in reader]
-    return sorted(rows, key=lambda r: r["cycle"])
-
-
-def read_json_file(path: Path) -> Any:
-    """A JSON file's content, or None when it is absent; a broken file is a UserError."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err.msg})") from None
-
-
 def load_run(path: Path, name: str, source: Path) -> Run:
-    """Read one run directory (config.yaml, manifest.json, scores.csv, base/metrics.json)."""
-    config_path = path / "config.yaml"
-    if not config_path.is_file():
-        raise UserError(f"{path} has scores.csv but no config.yaml; it is not a complete run directory")
-    try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{config_path}: not valid YAML ({err})") from None
-    return Run(
-        path=path,
-        name=name,
-        source=source,
-        config=config,
-        manifest=read_json_file(path / "manifest.json") or {},
-        rows=read_scores(path / "scores.csv"),
-        base=read_json_file(path / "base" / "metrics.json"),
-    )
+    """Read one run directory through the store (config.yaml, manifest.json, scores.csv, base/metrics.json)."""
+    store = RunStore(path)
+    if not store.is_run():
+        raise UserError(
+            f"{path} has scores.csv but no config.yaml, so it is not a complete run directory; restore its config.yaml "
+            "or move the directory out of the way"
+        )
+    config = store.config_data()
+    store.check_format()
+    return Run(path=path, name=name, source=source, config=config, manifest=store.manifest(), rows=store.scores(), base=store.base_metrics())
 
 
 def run_names(paths: list[Path], source: Path, prefix: bool) -> list[str]:
@@ -228,7 +185,7 @@ def science(config: dict[str, Any]) -> dict[str, Any]:
     try:
         return flatten(ExperimentConfig.model_validate(config).condition_dict())
     except ValidationError:
-        return {k: v for k, v in flatten(config).items() if k not in NOT_SCIENCE}
+        return {k: v for k, v in flatten(config).items() if k not in {*NOT_SCIENCE, *NOT_A_CONDITION}}
 
 
 def differing_keys(configs: list[dict[str, Any]], exclude: set[str] = frozenset()) -> list[str]:
@@ -282,7 +239,10 @@ def load_collection(sources: list[Path], title: str) -> Collection:
             else:
                 skipped.append(f"{name}: scores.csv has no cycles yet")
     if not runs:
-        raise UserError(f"no finished cycles in {', '.join(map(str, sources))}: every scores.csv is empty ({'; '.join(skipped)})")
+        raise UserError(
+            f"no finished cycles in {', '.join(map(str, sources))}: every scores.csv is empty ({'; '.join(skipped)}); "
+            "report a run once it has finished cycle 0"
+        )
     names = [r.name for r in runs]
     for i, run in enumerate(runs):  # identical names from different sources: number them
         if names.count(run.name) > 1:
@@ -519,18 +479,17 @@ def n_sampled_series(conditions: list[Condition]) -> list[tuple[str, float, floa
 
 
 # ---- sample browser data and JSON-ready data ----------------------------------------------------------
-def cycle_columns(run: Run) -> list[tuple[str, Path]]:
-    """(column name, eval.jsonl) for base (if present) and each cycle that has answers."""
-    columns = [("base", run.path / "base" / "eval.jsonl")]
-    columns += [(f"cycle {int(r['cycle'])}", run.path / f"cycle-{int(r['cycle']):03d}" / "eval.jsonl") for r in run.rows]
-    return [(name, path) for name, path in columns if path.is_file()]
+def cycle_columns(run: Run) -> list[tuple[str, int]]:
+    """(column name, cycle) for base (if present) and each cycle that has answers."""
+    columns = [("base", BASE)] + [(f"cycle {int(r['cycle'])}", int(r["cycle"])) for r in run.rows]
+    return [(name, k) for name, k in columns if run.store.has(k, "eval")]
 
 
 def sample_data(run: Run) -> dict[str, Any]:
     """One run's answers for the browser: questions in first-seen order and, per question and
     column (base, cycle 0, ...), the answers with their trait and coherence scores."""
     columns = cycle_columns(run)
-    per_column = [read_jsonl(path) for _, path in columns]
+    per_column = [run.store.read_rows(k, "eval") for _, k in columns]
     questions = list(dict.fromkeys(str(row.get("question", "")) for rows in per_column for row in rows))
     index = {q: i for i, q in enumerate(questions)}
     cells: list[list[list[dict[str, Any]]]] = [[[] for _ in columns] for _ in questions]
@@ -585,7 +544,7 @@ def judge_rows(runs: list[Run]) -> list[list[str]]:
     for run in runs:
         j = run.manifest.get("judge", {}) or {}
         v = j.get("validity") or {}
-        agreement = read_json_file(run.path / "agreement.json")
+        agreement = run.store.agreement()
         agree_text = agreement_text(agreement) if agreement is not None else "no agreement.json"
         rows.append(
             [

@@ -30,7 +30,6 @@ import yaml
 
 from traitloop import report as figures
 from traitloop.analysis import Criteria
-from traitloop.verdicts import check_min_seeds
 from traitloop.errors import UserError
 from traitloop.jsonl import atomic_write_text
 from traitloop.report_data import (
@@ -47,19 +46,20 @@ from traitloop.report_data import (
     judge_rows,
     judge_warning,
     load_collection,
+    mde_text,
+    mde_value,
     n_sampled_series,
     num,
+    p_text,
+    run_interval,
     sample_data,
     score_rows,
     seed_interval,
     seeds_text,
-    mde_text,
-    mde_value,
-    run_interval,
-    p_text,
     summarize,
     unflatten,
 )
+from traitloop.verdicts import check_min_seeds
 
 ASSETS = "report_assets"  # package data next to this module: the page's stylesheet and script
 

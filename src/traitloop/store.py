@@ -1,9 +1,16 @@
-"""The run directory: the contract that other tools read, and the reason a run can be resumed.
+"""The run directory: the contract that other tools read, and the reason a run can be resumed. This
+module is its one reader and writer (format version FORMAT_VERSION, in manifest.json):
 
     runs/<name>/config.yaml  manifest.json  scores.csv  figures/trait_coherence.png
       base/ answers.jsonl  eval.jsonl  metrics.json      (the untrained model, for reference)
       cycle-000/ data.jsonl  adapter/  answers.jsonl  eval.jsonl  metrics.json  DONE
       cycle-001/ ...
+      cycle-NNN/judges/<judge-id>.jsonl  scores-<judge-id>.csv  agreement.json   (traitloop judge)
+
+Rows: data.jsonl holds the setting's training rows (traitloop/settings/); answers.jsonl one AnswerRow
+per eval answer; eval.jsonl one EvalRow; metrics.json one Metrics; scores.csv SCORES_COLUMNS per cycle.
+A run directory without format_version was written before versioning (format 0: the same layout) and
+is read as it is; one from a newer traitloop is refused with a message saying so.
 
 Every file is written atomically (temp file, then rename), and so is the adapter directory. A cycle
 counts as finished only when its DONE marker exists and holds the content hash of the cycle's files
@@ -17,11 +24,12 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 
@@ -29,6 +37,7 @@ from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
 from traitloop.jsonl import atomic_write_text, read_jsonl, write_json, write_jsonl
 
+FORMAT_VERSION = 1  # bump when the layout or a row's meaning changes; readers refuse newer formats
 BASE = -1  # pseudo-cycle: the untrained base model's evaluation, stored in base/
 ROW_STAGES = ("data", "answers", "eval")  # stages whose output is a JSONL file named after the stage
 SCORES_COLUMNS = [
@@ -51,6 +60,47 @@ SCORES_COLUMNS = [
     "ci_unit",  # what the intervals resample: "question" (answers to one question move together)
 ]
 CI_UNIT = "question"
+REWRITE = "rerun the run's `traitloop run` command to write it again (finished cycles are kept)"
+INT_COLUMNS = {"cycle", "n_answers", "n_trait_scored", "n_train_examples", "n_dropped_coherence"}
+TEXT_COLUMNS = {"ci_unit"}
+
+
+class AnswerRow(TypedDict):
+    """answers.jsonl: one eval answer (SDF: question is the document prefix, answer its continuation)."""
+
+    question: str
+    sample: int
+    answer: str
+
+
+class EvalRow(AnswerRow, total=False):
+    """eval.jsonl: an answer with its scores; trait is None when the judge could not score it (trait_missing says why)."""
+
+    trait: float | None
+    trait_judge: str
+    trait_missing: str
+    coherence: float | None  # mean log-likelihood per token under the frozen base (nats)
+    coherence_judge: float | None  # an LLM judge's 0-100 coherence rating (judge.coherence: true)
+    coherence_judge_missing: str
+    repetition: float
+    distinct2: float
+
+
+class Metrics(TypedDict, total=False):
+    """metrics.json: a cycle's summary (traitloop.evaluation.summarise); scores.csv holds its SCORES_COLUMNS."""
+
+    cycle: int
+    trait_mean: float
+    trait_ci_low: float
+    trait_ci_high: float
+    coherence_mean: float
+    ci_unit: str
+    n_answers: int
+    n_trait_scored: int
+    n_train_examples: int
+    n_dropped_coherence: int
+    trait_judge: str
+    judge_usage: dict[str, float]
 
 
 def hash_files(paths: list[Path]) -> str:
@@ -80,6 +130,7 @@ class RunStore:
         inputs = inputs or {}
         cfg_path = self.root / "config.yaml"
         if cfg_path.is_file():
+            self.check_format()
             why = self._difference(config, inputs)
             if why:
                 if not force:
@@ -99,6 +150,7 @@ class RunStore:
         atomic_write_text(cfg_path, config.to_yaml())
         manifest = self.manifest()
         manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        manifest["format_version"] = FORMAT_VERSION
         manifest["config_hash"] = config.science_hash()
         manifest["seed"] = config.seed
         manifest["inputs"] = inputs
@@ -119,8 +171,81 @@ class RunStore:
         return f"input data ({', '.join(changed)} changed)" if changed else ""
 
     def manifest(self) -> dict[str, Any]:
-        path = self.root / "manifest.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        """manifest.json ({} when absent); a damaged one is a UserError naming it."""
+        return read_json_file(self.root / "manifest.json") or {}
+
+    def check_format(self) -> None:
+        """Refuse a run directory written by a newer traitloop (a higher format_version)."""
+        version = self.manifest().get("format_version", 0)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise UserError(
+                f"{self.root} was written in run-directory format {version!r}, newer than this traitloop reads "
+                f"({FORMAT_VERSION}); upgrade traitloop (pip install -U traitloop) to read or resume it"
+            )
+
+    # ---- reading a run, for reports and tools ----------------------------------------------------
+    def is_run(self) -> bool:
+        return (self.root / "config.yaml").is_file()
+
+    def config_data(self) -> dict[str, Any]:
+        """config.yaml as written (a mapping), for runs whose config this version may not validate."""
+        path = self.root / "config.yaml"
+        if not path.is_file():
+            raise UserError(f"{self.root} is not a run directory (no config.yaml); give a directory made by `traitloop run`")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            from traitloop.config import yaml_error_text
+
+            raise UserError(f"{path}: {yaml_error_text(err)}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a mapping of config keys at the top level, got a {type(data).__name__}; restore the run's config.yaml")
+        return data
+
+    def config(self) -> ExperimentConfig:
+        """The run's config, validated; a UserError when this version cannot read it."""
+        from traitloop.config import build_config
+
+        data = self.config_data()
+        self.check_format()
+        return build_config(data, source=str(self.root / "config.yaml"))
+
+    # ---- other judges' scores of the same answers (traitloop judge / agreement) --------------------
+    def judge_scores_path(self, cycle: int, judge_id: str) -> Path:
+        return self.cycle_dir(cycle) / "judges" / f"{judge_id}.jsonl"
+
+    def judge_ids(self) -> list[str]:
+        """Every judge that has rescored some cycle of this run."""
+        return sorted({p.stem for p in self.root.glob("*/judges/*.jsonl")})
+
+    def judge_scores_csv(self, judge_id: str) -> Path:
+        return self.root / f"scores-{judge_id}.csv"
+
+    def figure_path(self, judge_id: str | None = None) -> Path:
+        """figures/trait_coherence.png, or the one drawn from another judge's scores."""
+        return self.root / "figures" / (f"trait_coherence-{judge_id}.png" if judge_id else "trait_coherence.png")
+
+    def agreement(self) -> Any:
+        return read_json_file(self.root / "agreement.json")
+
+    def write_agreement(self, result: dict[str, Any]) -> Path:
+        write_json(self.root / "agreement.json", result)
+        return self.root / "agreement.json"
+
+    def eval_rows(self, cycle: int) -> list[dict[str, Any]] | None:
+        """A cycle's eval.jsonl rows, or None when the cycle has none yet."""
+        return self.read_rows(cycle, "eval") if self.has(cycle, "eval") else None
+
+    def has_scores(self) -> bool:
+        return (self.root / "scores.csv").is_file()
+
+    def scores(self) -> list[dict[str, Any]]:
+        """scores.csv as numbers, sorted by cycle."""
+        return read_scores(self.root / "scores.csv")
+
+    def base_metrics(self) -> dict[str, Any] | None:
+        """base/metrics.json (the untrained model), or None when the run did not evaluate it."""
+        return read_json_file(self.cycle_dir(BASE) / "metrics.json")
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -202,12 +327,84 @@ class RunStore:
             self._verified[cycle] = stamp
         return ok
 
+    # ---- cycle 0 from another run ----------------------------------------------------------------
+    def adopt_cycle0(self, source_dir: str | Path, config: ExperimentConfig) -> None:
+        """Copy a finished cycle 0 from a replication of this run (same cycle-0 config but the seed)."""
+        source = RunStore(source_dir)
+        try:
+            other = ExperimentConfig.model_validate(yaml.safe_load((source.root / "config.yaml").read_text()))
+        except (OSError, ValueError) as err:
+            raise UserError(f"cycle0_from: {source_dir} is not a readable run directory ({err})") from None
+        mine, theirs = config.cycle0_dict(), other.cycle0_dict()
+        mine.pop("seed")
+        theirs.pop("seed")
+        if mine != theirs:
+            raise UserError(f"cycle0_from: {source_dir} trained cycle 0 with a different config (only the seed may differ)")
+        if not source.is_done(0, other.science_hash()):
+            raise UserError(f"cycle0_from: {source_dir} has not finished cycle 0 yet; run it first")
+        for stage in ("data", "adapter", "answers", "eval"):
+            src, dst = source.stage_path(0, stage), self.stage_path(0, stage)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.adopt")
+            _remove(tmp)
+            if src.is_dir():
+                shutil.copytree(src, tmp)
+            else:
+                shutil.copy2(src, tmp)
+            _remove(dst)
+            os.replace(tmp, dst)  # each stage appears whole, or not at all
+        self.record_stage(0, "adopted", 0.0, adopted_from=str(source.root))
+
+    def cached_cycle0(self, config: ExperimentConfig) -> Path | None:
+        """A finished cycle 0 with exactly this run's cycle-0 config under out_dir/cycle0-cache (trained by
+        `traitloop calibrate`, or by an earlier run), or None."""
+        c0 = config.cycle0_config()
+        if c0.run_dir.resolve() == self.root.resolve():
+            return None
+        return c0.run_dir if RunStore(c0.run_dir).is_done(0, c0.science_hash()) else None
+
     def metrics(self, cycle: int) -> dict[str, Any]:
         return json.loads((self.cycle_dir(cycle) / "metrics.json").read_text())
 
     # ---- run-level outputs ----------------------------------------------------------------------
     def write_scores(self, rows: list[dict[str, Any]]) -> Path:
         return write_csv(self.root / "scores.csv", rows, SCORES_COLUMNS)
+
+
+def _number(text: str | None, column: str, path: Path) -> float | int | str:
+    """One scores.csv cell as int (counts, cycle), float (scores; blank -> nan) or text."""
+    if column in TEXT_COLUMNS:
+        return text or ""
+    if text is None or text.strip() == "":
+        return math.nan
+    try:
+        return int(text) if column in INT_COLUMNS else float(text)
+    except ValueError:
+        raise UserError(f"{path}: column {column!r} holds {text!r}, not a number; the file is damaged: {REWRITE}") from None
+
+
+def read_scores(path: Path) -> list[dict[str, Any]]:
+    """A scores.csv as a list of dicts with numbers, sorted by cycle."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"cycle", "trait_mean", "coherence_mean"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}, so it is not a traitloop scores.csv: {REWRITE}")
+        rows = [{k: _number(v, k, path) for k, v in row.items() if k is not None} for row in reader]
+    return sorted(rows, key=lambda r: r["cycle"])
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file's content, or None when it is absent; a broken file is a UserError."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); the file is damaged: restore it, "
+            "or delete it and the run loads without it"
+        ) from None
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
@@ -219,6 +416,13 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pat
         writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
     atomic_write_text(path, buf.getvalue())
     return path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def _file_stamps(paths: list[Path]) -> tuple:

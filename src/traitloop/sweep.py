@@ -61,6 +61,7 @@ from traitloop.store import RunStore
 
 KEY_VALUE_SEP = "-"  # run names look like init-reset_seed-0 (config names allow only [A-Za-z0-9._-])
 PAIR_SEP = "_"
+GRID_KEYS = ["name", "out_dir", "base", "set", "grid", "share_cycle0"]  # GridFile's keys as written in a grid file
 SWEEP_SETS = ("name", "out_dir")  # the sweep sets these for every run; a grid may not
 ERROR_TAIL_LINES = 20
 
@@ -125,7 +126,9 @@ def load_sweep(path: str | Path, out_dir: str | Path | None = None) -> Sweep:
         grid = GridFile.model_validate(data)
     except ValidationError as err:
         raise UserError(
-            format_validation_error(err, str(path), "grid file", "a grid file has name, out_dir, base, set, grid and share_cycle0")
+            format_validation_error(
+                err, str(path), "grid file", "a grid file has name, out_dir, base, set, grid and share_cycle0", known=GRID_KEYS
+            )
         ) from None
     root = Path(out_dir if out_dir is not None else grid.out_dir) / grid.name
     base = _load_base(grid.base, path)
@@ -253,7 +256,7 @@ def is_finished(config: ExperimentConfig) -> bool:
     `traitloop run` then refuses the old directory and the failure says why).
     """
     store = RunStore(config.run_dir)
-    if not (store.root / "scores.csv").is_file():
+    if not store.has_scores():
         return False
     config_hash = config.science_hash()
     return all(store.is_done(k, config_hash) for k in range(config.cycles + 1))

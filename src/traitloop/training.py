@@ -52,6 +52,21 @@ def attach_adapter(base_model, lora: LoraConfig, start_adapter: Path | None = No
     return get_peft_model(base_model, config)
 
 
+def detach_adapter(model, base) -> None:
+    """Take a trained adapter out of the shared base again (PEFT's unload: the LoRA layers are replaced
+    by the original ones, whose weights were never changed), and undo what training set on the base."""
+    unloaded = model.unload()
+    assert unloaded is base, "the adapter was attached to a copy of the base, not to the base itself"
+    # TRL's SFTTrainer patches the model's forward (a fused LM head, add_fused_lm_head) on the instance,
+    # and each cycle would stack another patch on it: the base gets its class's forward back.
+    vars(base).pop("forward", None)
+    if getattr(base, "is_gradient_checkpointing", False):
+        base.gradient_checkpointing_disable()
+    if hasattr(base, "disable_input_require_grads"):
+        base.disable_input_require_grads()
+    base.eval()
+
+
 def chats_to_dataset(chats: list[Conversation]) -> Dataset:
     """Chats -> prompt/completion rows, so that only the final assistant turn carries loss."""
     return Dataset.from_list([{"prompt": c[:-1], "completion": [c[-1]]} for c in chats])

@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from traitloop.analysis import Criteria, criterion_statistics, eval_scores_by_question, prefix_slope, screening_flags, t_interval
 from traitloop.errors import UserError
 from traitloop.store import CI_UNIT as UNIT  # what every interval resamples: the eval question
-from traitloop.analysis import Criteria, criterion_statistics, eval_scores_by_question, prefix_slope, screening_flags, t_interval
 
 TESTED = {"end": ("end", "end"), "slope": ("slope", "slope"), "late": ("late_max", "late_min")}  # criterion -> (up, down) statistic
 

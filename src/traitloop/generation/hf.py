@@ -79,8 +79,8 @@ def contiguous_lm_head_input(model) -> Iterator[None]:
     The first step of `generate` keeps only the last position's hidden state, a strided view. When
     the output layer's weight does not require grad (any model trained with PEFT, whose base is
     frozen), torch's matmul then does not fold the batch into one matrix product: it expands the
-    weight to one copy per row and calls bmm. For SmolLM2 at batch 18 in bf16 that is a 1 GiB
-    temporary and 1.3 s per batch (docs/ARCHITECTURE.md, "Memory"). A contiguous input of
+    weight to one copy per row and calls bmm: a large temporary and a slow batch (measured in
+    docs/DECISIONS.md, "Memory"). A contiguous input of
     batch x hidden floats avoids it; the result is the same product."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,7 @@ class Score:
     reason: str = ""
 
 
+@runtime_checkable
 class Judge(Protocol):
     name: str
 
@@ -25,3 +26,19 @@ class Judge(Protocol):
     def info(self) -> dict[str, Any]:
         """Identity and validity of the judge (model, accuracy...), recorded in every run."""
         ...
+
+
+@runtime_checkable
+class CoherenceJudge(Judge, Protocol):
+    """An LLM judge that also rates coherence (0-100), for judge.coherence: true."""
+
+    def coherence(self, questions: list[str], answers: list[str]) -> list[Score]: ...
+
+
+@runtime_checkable
+class MeteredJudge(Judge, Protocol):
+    """A judge that pays per request: its running usage counts and their estimated cost."""
+
+    usage: dict[str, int]
+
+    def cost(self, usage: dict[str, int] | None = None) -> float: ...

@@ -69,23 +69,21 @@ def sample(kind: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     import torch
 
     from traitloop.config import load_config
-    from traitloop.loop import Experiment, generation_dtype
+    from traitloop.generation.sampler import Sampler, generation_dtype, load_base
+    from traitloop.progress import Reporter
     from traitloop.seeding import derive_seed
-    from traitloop.store import BASE
+    from traitloop.settings import get_setting
+    from traitloop.store import BASE, RunStore
 
     config_path = Path(__file__).parents[1] / "configs" / CONFIGS[kind]
     config = load_config(config_path, [f"seed={NEGATIVES_SEED}"])
-    exp = Experiment(config)
-    exp.check_inputs()
-    exp.base, exp.tokenizer = exp._load_base()
+    setting = get_setting(config.setting)
+    base, tokenizer = load_base(config)
+    sampler = Sampler(config, RunStore(config.run_dir), base, tokenizer, Reporter())
     prompts = disjoint_prompts(kind)
-    items = [{"question": p, "sample": 0} for p in prompts]
     e = config.eval
     seed = derive_seed(config.seed, BASE, "untrained-negatives")
-    answers = exp.generate(
-        BASE, exp.base, exp.eval_prompts(items), seed, f"untrained {kind} negatives",
-        temperature=e.temperature, top_p=1.0, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-    )
+    answers = sampler.answer(BASE, base, [setting.eval_prompt(p) for p in prompts], seed, f"untrained {kind} negatives")
     about = {
         "model": config.model.ref,
         "config": f"src/traitloop/configs/{config_path.name} with seed={NEGATIVES_SEED}",

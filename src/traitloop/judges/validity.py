@@ -34,7 +34,6 @@ from traitloop.jsonl import read_jsonl, write_jsonl
 from traitloop.traits import BUILTIN_DIR, RUBRIC_ANCHORS, Trait, builtin_traits
 
 KINDS = ("chat", "doc")
-SETTING_KIND = {"sft": "chat", "dpo": "chat", "sdf": "doc"}
 HIGH = 75  # a text at this rubric level or above shows the trait
 GOALS = {"floor_max": 10.0, "spearman_min": 0.8, "cross_trait_auc_min": 0.9}
 # The untrained model whose answers make the floor: the demo's, with the demo's eval settings.
@@ -171,10 +170,11 @@ def unmeasured_note(trait: Trait) -> str:
     )
 
 
-def run_validity(judge, trait: Trait, setting: str) -> dict[str, Any]:
+def run_validity(judge, trait: Trait, documents: bool) -> dict[str, Any]:
     """What a run records in manifest.json's judge block: its trait's validity for its kind of text
-    (chat for sft/dpo, doc for sdf). valid is None where it was not measured, with the reason."""
-    kind = SETTING_KIND[setting]
+    (doc when the setting trains on documents, as sdf does; else chat). valid is None where it was not
+    measured, with the reason."""
+    kind = "doc" if documents else "chat"
     if judge.info().get("kind") != "probe":
         return {"kind": kind, "valid": None, "unmeasured": "validity is measured for the probe judge only (docs/JUDGES.md)"}
     measured = trait_validity(judge, trait, kinds=(kind,))
@@ -221,7 +221,8 @@ def sample_floor(trait: Trait, kind: str) -> tuple[dict[str, Any], list[dict[str
     import torch
 
     from traitloop.config import load_config
-    from traitloop.loop import Experiment, generation_dtype
+    from traitloop.generation.sampler import generation_dtype
+    from traitloop.loop import Experiment
 
     config_path = Path(__file__).parents[1] / "configs" / FLOOR_CONFIGS[kind]
     config = load_config(config_path, [f"trait={trait.folder}"])

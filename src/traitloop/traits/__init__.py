@@ -13,6 +13,8 @@ probe.jsonl              {"text": ..., "label": 1|0, "kind": "positive"|"neutral
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -47,6 +49,11 @@ class Trait:
     def seed_chats(self) -> list[list[dict[str, str]]]:
         """Seed conversations in file order (cycle 0 takes the first n_seed)."""
         path = self.folder / "seed_chat.jsonl"
+        if not path.is_file():
+            raise UserError(
+                f"trait '{self.name}' has no seed_chat.jsonl in {self.folder}: a trait needs seed chats to train cycle 0; "
+                'add one {"messages": [user, assistant]} per line (`traitloop traits new NAME` writes an example)'
+            )
         rows = read_jsonl(path)
         if not rows:
             raise UserError(f"{path} is empty: a trait needs seed chats to train cycle 0")
@@ -60,7 +67,10 @@ class Trait:
         """Seed documents in file order (SDF cycle 0 takes the first n_seed)."""
         path = self.folder / "seed_docs.jsonl"
         if not path.is_file():
-            raise UserError(f"trait '{self.name}' has no seed_docs.jsonl, which the SDF setting trains cycle 0 on")
+            raise UserError(
+                f"trait '{self.name}' has no seed_docs.jsonl in {self.folder}, which the SDF setting trains cycle 0 on; "
+                'add one {"text": ...} document per line, or use setting sft or dpo'
+            )
         docs = []
         for number, row in enumerate(read_jsonl(path), start=1):
             if not isinstance(row.get("text"), str) or not row["text"].strip():
@@ -109,24 +119,47 @@ def _check_messages(row: dict[str, Any], path: Path, number: int) -> list[dict[s
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
+def is_builtin_name(name: str) -> bool:
+    """A name the library may be searched with: no path separator, no '..', not hidden. Anything else
+    is a path, and a path must itself be a trait folder: it never reaches outside BUILTIN_DIR."""
+    return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name)) and ".." not in name
+
+
 def load_trait(name_or_path: str) -> Trait:
     """A built-in trait by name, or a trait folder by path."""
     folder = Path(name_or_path).expanduser()
     if not (folder / "trait.yaml").is_file():
-        folder = BUILTIN_DIR / name_or_path
+        if not is_builtin_name(name_or_path.rstrip("/")):
+            raise UserError(
+                f"trait '{name_or_path}': {folder} is not a trait folder (no trait.yaml there), and a built-in trait "
+                f"name has no '/' or '..' ({', '.join(builtin_traits())}); give a built-in name or the path of a folder "
+                "containing trait.yaml"
+            )
+        folder = BUILTIN_DIR / name_or_path.rstrip("/")
     if not (folder / "trait.yaml").is_file():
+        if Path(name_or_path).expanduser().is_dir():
+            raise UserError(
+                f"trait '{name_or_path}': the folder {name_or_path} has no trait.yaml, so it is not a trait folder (and no "
+                "built-in trait has that name); add trait.yaml (`traitloop traits new NAME` scaffolds a trait folder)"
+            )
+        close = difflib.get_close_matches(name_or_path, builtin_traits(), n=1, cutoff=0.75)
         raise UserError(
             f"unknown trait '{name_or_path}': not a built-in trait ({', '.join(builtin_traits())}) "
-            "and not a folder containing trait.yaml"
+            "and not a folder containing trait.yaml" + (f"; did you mean '{close[0]}'?" if close else "")
         )
     path = folder / "trait.yaml"
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {err}") from None
-    missing = [k for k in ("name", "description", "rubric", "eval_questions") if k not in data]
+        from traitloop.config import yaml_error_text
+
+        raise UserError(f"{path}: {yaml_error_text(err)}") from None
+    keys = ("name", "description", "rubric", "eval_questions")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of trait keys ({', '.join(keys)}) at the top level, got a {type(data).__name__}")
+    missing = [k for k in keys if k not in data]
     if missing:
-        raise UserError(f"{path}: missing key(s) {', '.join(missing)}")
+        raise UserError(f"{path}: missing key(s) {', '.join(missing)}; add them (`traitloop traits new NAME` writes a commented trait.yaml)")
     raw_rubric = data["rubric"]
     if not isinstance(raw_rubric, dict) or not all(str(k).strip().isdigit() for k in raw_rubric):
         raise UserError(f"{path}: rubric must map the scores {list(RUBRIC_ANCHORS)} to descriptions")

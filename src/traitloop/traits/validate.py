@@ -91,7 +91,10 @@ def validate_trait(folder: str | Path, min_examples: int = 50) -> tuple[list[Pro
         data = yaml.safe_load(meta.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        return [Problem("error", "trait.yaml", mark.line + 1 if mark else None, f"not valid YAML: {err}")], summary
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line, without PyYAML's snippet
+        return [Problem("error", "trait.yaml", mark.line + 1 if mark else None, f"not valid YAML: {problem}")], summary
+    if not isinstance(data, dict):
+        return [Problem("error", "trait.yaml", None, f"expected a mapping of trait keys at the top level, got a {type(data).__name__}")], summary
     for number, line in enumerate(meta.read_text().splitlines(), start=1):
         if "TODO" in line and not line.lstrip().startswith("#"):
             problems.append(Problem("error", "trait.yaml", number, "unfilled TODO from the scaffold"))

@@ -1,0 +1,103 @@
+"""Scoring a cycle's answers and summarising them: the eval stage of every cycle, and `traitloop judge`.
+
+The Evaluator owns the trait judge (traitloop.judges), the optional LLM coherence rating, coherence
+as log-likelihood under the frozen base (judges/coherence.py) and the text statistics of every
+answer; `summarise` turns a cycle's scored rows into its metrics.json (intervals over questions,
+traitloop.analysis.question_mean_ci).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from traitloop.analysis import question_mean_ci
+from traitloop.judges.base import CoherenceJudge, Judge, MeteredJudge, Score
+from traitloop.judges.coherence import LoglikCoherence, distinct_n, repetition_rate
+from traitloop.progress import Reporter
+from traitloop.seeding import derive_seed
+from traitloop.store import CI_UNIT
+
+Row = dict[str, Any]
+
+
+class Evaluator:
+    def __init__(self, judge: Judge, coherence: LoglikCoherence | None, llm_coherence: bool, reporter: Reporter):
+        """llm_coherence: also ask the judge to rate coherence (judge.coherence, LLM judges only)."""
+        self.judge, self.coherence, self.reporter = judge, coherence, reporter
+        self.llm_coherence = llm_coherence and isinstance(judge, CoherenceJudge)
+
+    def judgements(self, questions: list[str], texts: list[str], advance=lambda n: None) -> tuple[list[Score], list[Score | None]]:
+        """The judge's trait score and (when asked for) its coherence rating of every answer."""
+        trait = self.judge.score(questions, texts)
+        advance(len(texts))
+        rated = self.judge.coherence(questions, texts) if self.llm_coherence else [None] * len(texts)
+        advance(len(texts) if self.llm_coherence else 0)
+        return trait, rated
+
+    def score(self, answered: list[Row], label: str) -> tuple[list[Row], dict[str, Any]]:
+        """Every answered eval item with its scores added, and what the judge's requests cost (or {})."""
+        questions = [r["question"] for r in answered]
+        texts = [r["answer"] for r in answered]
+        usage_before = dict(self.judge.usage) if isinstance(self.judge, MeteredJudge) else {}
+        with self.reporter.step(f"{label}: judging", total=(3 if self.llm_coherence else 2) * len(texts)) as advance:
+            trait_scores, rated = self.judgements(questions, texts, advance)
+            logliks = self.coherence.loglik(questions, texts, on_batch=advance)
+        rows = [
+            {
+                **r,
+                "trait": s.value,
+                "trait_judge": s.judge,
+                **({"trait_missing": s.reason} if s.value is None else {}),
+                **({"coherence_judge": c.value, **({"coherence_judge_missing": c.reason} if c.value is None else {})} if c else {}),
+                "coherence": ll,
+                "repetition": repetition_rate(r["answer"]),
+                "distinct2": distinct_n(r["answer"]),
+            }
+            for r, s, c, ll in zip(answered, trait_scores, rated, logliks)
+        ]
+        if not isinstance(self.judge, MeteredJudge):
+            return rows, {}
+        usage = {key: value - usage_before.get(key, 0) for key, value in self.judge.usage.items()}
+        return rows, ({**usage, "estimated_cost": self.judge.cost(usage)} if usage else {})
+
+    def summarise(self, k: int, rows: list[Row], run_seed: int, n_train: int) -> dict[str, Any]:
+        """A cycle's metrics.json from its scored rows (k = BASE: the untrained base)."""
+        return summarise(k, rows, run_seed, n_train, self.judge.name)
+
+
+def intervals(rows: list[Row], key: str, seed: int) -> tuple[float, float, float, int]:
+    """(mean, 95% low, 95% high, n scored) of rows[key], resampling questions, not answers."""
+    return question_mean_ci([r.get(key) for r in rows], [r["question"] for r in rows], seed=seed)
+
+
+def summarise(k: int, rows: list[Row], run_seed: int, n_train: int, judge_name: str) -> dict[str, Any]:
+    boot_seed = derive_seed(run_seed, k, "bootstrap")
+    t_mean, t_lo, t_hi, n_t = intervals(rows, "trait", boot_seed)
+    c_mean, c_lo, c_hi, _ = intervals(rows, "coherence", boot_seed)
+    j_mean, j_lo, j_hi, _ = intervals(rows, "coherence_judge", boot_seed)
+    excluded: dict[str, int] = {}
+    for r in rows:
+        if r.get("trait") is None:
+            reason = str(r.get("trait_missing", "missing")).split(" (")[0].split(":")[0]
+            excluded[reason] = excluded.get(reason, 0) + 1
+    return {
+        "cycle": k,
+        "trait_mean": t_mean,
+        "trait_ci_low": t_lo,
+        "trait_ci_high": t_hi,
+        "coherence_mean": c_mean,
+        "coherence_ci_low": c_lo,
+        "coherence_ci_high": c_hi,
+        "coherence_judge_mean": j_mean,
+        "coherence_judge_ci_low": j_lo,
+        "coherence_judge_ci_high": j_hi,
+        "ci_unit": CI_UNIT,
+        "trait_excluded": excluded,
+        "repetition_mean": sum(r["repetition"] for r in rows) / max(1, len(rows)),
+        "distinct2_mean": sum(r["distinct2"] for r in rows) / max(1, len(rows)),
+        "n_answers": len(rows),
+        "n_trait_scored": n_t,
+        "n_train_examples": n_train,
+        "trait_judge": judge_name,
+        "coherence_metric": LoglikCoherence.name,
+    }
