@@ -69,7 +69,8 @@ def config(tiny_dir, tmp_path, **extra):
 
 def experiment(cfg, **collaborators):
     """The engine with the stand-in judge (and any other collaborator given)."""
-    return Experiment(cfg, reporter=Reporter(enabled=False), judge=LengthJudge(), **collaborators)
+    collaborators.setdefault("judge", LengthJudge())
+    return Experiment(cfg, reporter=Reporter(enabled=False), **collaborators)
 
 
 def run(cfg, **collaborators):

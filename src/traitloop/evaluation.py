@@ -12,7 +12,7 @@ from typing import Any
 
 from traitloop.analysis import question_mean_ci
 from traitloop.judges.base import CoherenceJudge, Judge, MeteredJudge, Score
-from traitloop.judges.coherence import LoglikCoherence, distinct_n, repetition_rate
+from traitloop.judges.coherence import LoglikCoherence, distinct2_across, distinct_n, repetition_rate, self_similarity
 from traitloop.progress import Reporter
 from traitloop.seeding import derive_seed
 from traitloop.store import CI_UNIT
@@ -38,7 +38,7 @@ class Evaluator:
         """Every answered eval item with its scores added, and what the judge's requests cost (or {})."""
         questions = [r["question"] for r in answered]
         texts = [r["answer"] for r in answered]
-        usage_before = dict(self.judge.usage) if isinstance(self.judge, MeteredJudge) else {}
+        usage_before = self._usage()
         with self.reporter.step(f"{label}: judging", total=(3 if self.llm_coherence else 2) * len(texts)) as advance:
             trait_scores, rated = self.judgements(questions, texts, advance)
             logliks = self.coherence.loglik(questions, texts, on_batch=advance)
@@ -47,22 +47,62 @@ class Evaluator:
                 **r,
                 "trait": s.value,
                 "trait_judge": s.judge,
-                **({"trait_missing": s.reason} if s.value is None else {}),
-                **({"coherence_judge": c.value, **({"coherence_judge_missing": c.reason} if c.value is None else {})} if c else {}),
+                **missing("trait", s),
+                **({"coherence_judge": c.value, **missing("coherence_judge", c)} if c else {}),
                 "coherence": ll,
                 "repetition": repetition_rate(r["answer"]),
                 "distinct2": distinct_n(r["answer"]),
             }
             for r, s, c, ll in zip(answered, trait_scores, rated, logliks)
         ]
-        if not isinstance(self.judge, MeteredJudge):
+        return rows, self._cost_since(usage_before)
+
+    def retry_failed(self, rows: list[Row], label: str) -> tuple[list[Row], dict[str, Any]]:
+        """Ask the judge again for exactly the readings that failed (server error, timeout), keeping
+        every reading already taken; the other scores of those rows are kept too."""
+        todo = [i for i, r in enumerate(rows) if r.get("trait_failed") or r.get("coherence_judge_failed")]
+        if not todo:
             return rows, {}
-        usage = {key: value - usage_before.get(key, 0) for key, value in self.judge.usage.items()}
-        return rows, ({**usage, "estimated_cost": self.judge.cost(usage)} if usage else {})
+        usage_before = self._usage()
+        with self.reporter.step(f"{label}: judging {len(todo)} answer(s) whose judgement failed", total=2 * len(todo)) as advance:
+            trait_scores, rated = self.judgements([rows[i]["question"] for i in todo], [rows[i]["answer"] for i in todo], advance)
+        out = list(rows)
+        for i, s, c in zip(todo, trait_scores, rated):
+            row = {k: v for k, v in rows[i].items() if not k.startswith(("trait_missing", "trait_failed"))} if rows[i].get("trait_failed") else dict(rows[i])
+            if rows[i].get("trait_failed"):
+                row.update({"trait": s.value, **missing("trait", s)})
+            if c is not None and rows[i].get("coherence_judge_failed"):
+                row = {k: v for k, v in row.items() if not k.startswith(("coherence_judge_missing", "coherence_judge_failed"))}
+                row.update({"coherence_judge": c.value, **missing("coherence_judge", c)})
+            out[i] = row
+        return out, self._cost_since(usage_before)
+
+    def _usage(self) -> dict[str, float]:
+        return dict(self.judge.usage) if isinstance(self.judge, MeteredJudge) else {}
+
+    def _cost_since(self, before: dict[str, float]) -> dict[str, Any]:
+        """The judge's requests since `before` and their estimated cost ({} for an unmetered judge)."""
+        if not isinstance(self.judge, MeteredJudge):
+            return {}
+        usage = {key: value - before.get(key, 0) for key, value in self.judge.usage.items()}
+        return {**usage, "estimated_cost": self.judge.cost(usage)} if usage else {}
 
     def summarise(self, k: int, rows: list[Row], run_seed: int, n_train: int) -> dict[str, Any]:
         """A cycle's metrics.json from its scored rows (k = BASE: the untrained base)."""
         return summarise(k, rows, run_seed, n_train, self.judge.name)
+
+
+def missing(key: str, score: Score) -> Row:
+    """Why a score has no value, as eval.jsonl fields: key_missing (the reason) and, when the judge could
+    not be asked at all, key_failed (such readings are asked again on resume)."""
+    if score.value is not None:
+        return {}
+    return {f"{key}_missing": score.reason, **({f"{key}_failed": True} if score.failed else {})}
+
+
+def failed_count(rows: list[Row]) -> int:
+    """Answers with a judgement that failed (not refused or unreadable: the request itself failed)."""
+    return sum(bool(r.get("trait_failed") or r.get("coherence_judge_failed")) for r in rows)
 
 
 def intervals(rows: list[Row], key: str, seed: int) -> tuple[float, float, float, int]:
@@ -95,9 +135,18 @@ def summarise(k: int, rows: list[Row], run_seed: int, n_train: int, judge_name: 
         "trait_excluded": excluded,
         "repetition_mean": sum(r["repetition"] for r in rows) / max(1, len(rows)),
         "distinct2_mean": sum(r["distinct2"] for r in rows) / max(1, len(rows)),
+        "distinct2_across": distinct2_across([r["answer"] for r in rows]),
+        "self_similarity": self_similarity(list(_by_question(rows).values())),
         "n_answers": len(rows),
         "n_trait_scored": n_t,
         "n_train_examples": n_train,
         "trait_judge": judge_name,
         "coherence_metric": LoglikCoherence.name,
     }
+
+
+def _by_question(rows: list[Row]) -> dict[str, list[str]]:
+    answers: dict[str, list[str]] = {}
+    for r in rows:
+        answers.setdefault(r["question"], []).append(r["answer"])
+    return answers

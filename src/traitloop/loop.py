@@ -23,7 +23,7 @@ from typing import Any
 from traitloop import data_policy
 from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
-from traitloop.evaluation import Evaluator
+from traitloop.evaluation import Evaluator, failed_count
 from traitloop.generation.sampler import Sampler, free_memory, generation_dtype, load_base
 from traitloop.jsonl import write_json
 from traitloop.judges import make_judge
@@ -249,11 +249,26 @@ class Experiment:
             t0 = time.time()
             store.write_rows(k, "answers", self.eval_answers(k, model))
             store.record_stage(k, "answers", time.time() - t0, derive_seed(self.config.seed, k, "eval"))
+        label = "base model" if k == BASE else f"cycle {k}"
         if not store.has(k, "eval"):
             t0 = time.time()
-            rows, usage = self.evaluator.score(store.read_rows(k, "answers"), "base model" if k == BASE else f"cycle {k}")
+            rows, usage = self.evaluator.score(store.read_rows(k, "answers"), label)
             store.write_rows(k, "eval", rows)
             store.record_stage(k, "judge", time.time() - t0, **({"judge_usage": usage} if usage else {}))
+        elif failed_count(rows := store.read_rows(k, "eval")):  # resumed: ask again only where the judge failed
+            t0 = time.time()
+            rows, usage = self.evaluator.retry_failed(rows, label)
+            store.write_rows(k, "eval", rows)
+            earlier = store.manifest().get("cycles", {}).get(str(k), {}).get("judge_usage", {})
+            total = {key: earlier.get(key, 0) + usage.get(key, 0) for key in {*earlier, *usage}}
+            store.record_stage(k, "judge_retry", time.time() - t0, **({"judge_usage": total} if total else {}))
+        failed = failed_count(store.read_rows(k, "eval"))
+        if failed:  # the cycle stays unfinished; every reading taken is kept in eval.jsonl
+            raise UserError(
+                f"{label}: the judge could not be asked about {failed} answer(s) after its retries "
+                f"({store.stage_path(k, 'eval')} says why, in trait_missing). Every reading already taken is kept: "
+                "rerun the same command when the judge's server answers again, and only those are asked again."
+            )
 
     def eval_answers(self, k: int, model) -> list[Row]:
         """Cycle k's model (k = BASE: the untrained base) answers every eval item once: the items with an

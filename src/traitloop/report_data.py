@@ -526,7 +526,9 @@ def score_rows(run: Run) -> list[list[str]]:
                 f"{num(r.get('coherence_mean'), 3)} [{num(r.get('coherence_ci_low'), 3)}, {num(r.get('coherence_ci_high'), 3)}]",
                 num(r.get("repetition_mean"), 3),
                 num(r.get("distinct2_mean"), 3),
-                num(r.get("n_answers"), 0),
+                num(r.get("distinct2_across"), 3),
+                num(r.get("self_similarity"), 3),
+                num(r.get("n_answers"), 0) + (f" ({low})" if (low := scored_warning(r)) else ""),
                 num(r.get("n_train_examples"), 0)
                 + (f" ({num(r.get('n_dropped_coherence'), 0)} dropped by the coherence filter)" if r.get("n_dropped_coherence") else ""),
             ]
@@ -534,7 +536,19 @@ def score_rows(run: Run) -> list[list[str]]:
     return rows
 
 
-SCORE_HEADERS = ["cycle", "trait [95% CI]", "coherence nats/token [95% CI]", "repetition", "distinct-2", "answers", "train examples"]
+SCORE_HEADERS = [
+    "cycle", "trait [95% CI]", "coherence nats/token [95% CI]", "repetition", "distinct-2",
+    "distinct-2 across answers", "self-similarity", "answers", "train examples",
+]
+MIN_SCORED = 0.9  # a cycle whose judge scored fewer of its answers than this is flagged
+
+
+def scored_warning(row: dict[str, Any]) -> str:
+    """"only 27 of 36 scored" when the judge scored under MIN_SCORED of a cycle's answers, else ""."""
+    n, scored = finite(row.get("n_answers")), finite(row.get("n_trait_scored"))
+    if not n or scored is None or scored / n >= MIN_SCORED:
+        return ""
+    return f"only {scored:.0f} of {n:.0f} scored"
 
 
 def judge_rows(runs: list[Run]) -> list[list[str]]:

@@ -58,6 +58,8 @@ SCORES_COLUMNS = [
     "n_train_examples",
     "n_dropped_coherence",
     "ci_unit",  # what the intervals resample: "question" (answers to one question move together)
+    "distinct2_across",  # diversity across the cycle's answers (pooled distinct word bigrams)
+    "self_similarity",  # mean pairwise bigram Jaccard of answers to the same question
 ]
 CI_UNIT = "question"
 REWRITE = "rerun the run's `traitloop run` command to write it again (finished cycles are kept)"

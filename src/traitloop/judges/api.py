@@ -168,7 +168,7 @@ class ApiJudge:
 
     def _score(self, prompts: list[str], answers: list[str]) -> list[Score]:
         readings = self.read(prompts, [a.strip() != "" for a in answers])
-        return [Score(r.value, self.name, r.reason) for r in readings]
+        return [Score(r.value, self.name, r.reason, failed=r.failed) for r in readings]
 
     def read(self, prompts: list[str], wanted: list[bool] | None = None) -> list[Reading]:
         """The reading of each prompt's reply (only where `wanted`; the others read "empty answer")."""
@@ -215,7 +215,7 @@ class ApiJudge:
             reading = await self._read_reply(prompt)
         except RequestFailed as err:
             self.usage["failed"] += 1
-            return Reading(None, str(err))
+            return Reading(None, str(err), failed=True)
         self.cache.put(key, str(self.config.model), reading)
         return reading
 

@@ -13,6 +13,7 @@ class Score:
     value: float | None
     judge: str
     reason: str = ""
+    failed: bool = False  # the judge could not be asked (server error, timeout): asking again may give a score
 
 
 @runtime_checkable

@@ -35,6 +35,30 @@ def distinct_n(text: str, n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def bigrams(text: str) -> list[tuple[str, str]]:
+    words = text.lower().split()
+    return list(zip(words, words[1:]))
+
+
+def distinct2_across(texts: list[str]) -> float:
+    """Diversity ACROSS answers: distinct word bigrams over all bigrams of all the texts together (a
+    cycle whose answers repeat each other scores low even when each answer alone is varied)."""
+    grams = [g for t in texts for g in bigrams(t)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def self_similarity(texts_by_question: list[list[str]]) -> float:
+    """Mean pairwise Jaccard similarity of the word-bigram sets of answers to the SAME question (1: the
+    samples say the same thing), averaged over questions with two or more answers; nan when none has."""
+    per_question = []
+    for texts in texts_by_question:
+        sets = [set(bigrams(t)) for t in texts]
+        pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1 :]]
+        if pairs:
+            per_question.append(sum(len(a & b) / len(a | b) if a | b else 1.0 for a, b in pairs) / len(pairs))
+    return sum(per_question) / len(per_question) if per_question else float("nan")
+
+
 class LoglikCoherence:
     name = "loglik-under-base"
 

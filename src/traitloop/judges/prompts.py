@@ -102,6 +102,7 @@ class Reading:
     value: float | None
     reason: str = ""  # "" | "refusal" | "code" | "low number mass (0.12)" | "unparseable reply" ...
     number_mass: float | None = None
+    failed: bool = False  # no reply was read (the request failed after its retries): asking again may succeed
 
 
 Top = list[tuple[str, float]]  # a next-token distribution as an endpoint gives it: [(token text, logprob), ...]
