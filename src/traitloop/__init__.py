@@ -20,7 +20,13 @@ def __getattr__(name: str):
         from traitloop.loop import Experiment
 
         return Experiment
+    if name in API:  # the Python API (docs/python-api.md); imported on first use
+        from traitloop import api
+
+        return getattr(api, name)
     raise AttributeError(name)
 
 
-__all__ = ["Experiment", "ExperimentConfig", "UserError", "load_config", "__version__"]
+API = ("run", "load_run", "load_sweep", "RunResult", "SweepResult", "ConditionResult")
+
+__all__ = ["Experiment", "ExperimentConfig", "UserError", "load_config", "__version__", *API]
