@@ -37,17 +37,25 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def results_table(rows: list[cases.Row], peak: dict) -> Table:
-    table = Table(title="traitloop vs reference pipeline (same work, same process run)",
-                  caption=f"ratio = traitloop / reference. utilisation = model FLOPs / measured peak "
-                          f"(fp32 {peak['fp32']['best']:.0f}, bf16 {peak['bf16']['best']:.0f} GFLOP/s); "
-                          f"{machine.FORMULA}")
+    table = Table(
+        title="traitloop vs reference pipeline (same work, same process run)",
+        caption=f"ratio = traitloop / reference. utilisation = model FLOPs / measured peak "
+        f"(fp32 {peak['fp32']['best']:.0f}, bf16 {peak['bf16']['best']:.0f} GFLOP/s); "
+        f"{machine.FORMULA}",
+    )
     for col in ["benchmark", "unit", "traitloop", "reference", "ratio", "utilisation (traitloop / ref)"]:
         table.add_column(col, justify="left" if col == "benchmark" else "right", overflow="fold")
     for r in rows:
         better = "" if r.ratio is None else ("better" if (r.ratio > 1) == r.higher_is_better else "worse")
         util = "-" if r.util_traitloop is None else f"{pct(r.util_traitloop)} / {pct(r.util_reference)}"
-        table.add_row(r.name, r.unit + (" (higher better)" if r.higher_is_better else " (lower better)"),
-                      fmt(r.traitloop), fmt(r.reference), f"{fmt(r.ratio)} {better}".strip(), util)
+        table.add_row(
+            r.name,
+            r.unit + (" (higher better)" if r.higher_is_better else " (lower better)"),
+            fmt(r.traitloop),
+            fmt(r.reference),
+            f"{fmt(r.ratio)} {better}".strip(),
+            util,
+        )
     return table
 
 
@@ -69,8 +77,13 @@ def profile_table(rows: list[cases.Row]) -> Table | None:
     for col in ["stage", "traitloop", "share", "reference", "share"]:
         table.add_column(col, justify="right")
     for key in sorted(set(ours) | set(ref), key=lambda k: -ours.get(k, 0)):
-        table.add_row(key, fmt(ours.get(key, 0)), pct(ours.get(key, 0) / cycle.traitloop),
-                      fmt(ref.get(key, 0)), pct(ref.get(key, 0) / cycle.reference))
+        table.add_row(
+            key,
+            fmt(ours.get(key, 0)),
+            pct(ours.get(key, 0) / cycle.traitloop),
+            fmt(ref.get(key, 0)),
+            pct(ref.get(key, 0) / cycle.reference),
+        )
     return table
 
 
@@ -82,11 +95,18 @@ def write_throughput(ctx: cases.Context, cpu: dict) -> str:
     if ctx.size_name == "quick" and old and old.get("source") == "python -m bench":
         return f"kept {throughput_path()} (from a full run; --quick figures are too small to estimate from)"
     figures = {k: v for k, v in ctx.measured.items() if k != "cycle_profile"}
-    figures.update({
-        "model_ref": cases.MODEL_REF, "params": ctx.params, "model_load_s": round(ctx.load_s, 2),
-        "threads": torch.get_num_threads(), "cpu_model": cpu["cpu_model"], "cores": cpu["cores"],
-        "source": "python -m bench" + (" --quick" if ctx.size_name == "quick" else ""), "measured_at": cpu["date"],
-    })
+    figures.update(
+        {
+            "model_ref": cases.MODEL_REF,
+            "params": ctx.params,
+            "model_load_s": round(ctx.load_s, 2),
+            "threads": torch.get_num_threads(),
+            "cpu_model": cpu["cpu_model"],
+            "cores": cpu["cores"],
+            "source": "python -m bench" + (" --quick" if ctx.size_name == "quick" else ""),
+            "measured_at": cpu["date"],
+        }
+    )
     return str(save_throughput(figures))
 
 
@@ -94,8 +114,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (~3 minutes), for development")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma list of: {', '.join(BENCHMARKS)}")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads for every benchmark and the peak (default: all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads for every benchmark and the peak (default: all cores)"
+    )
     args = parser.parse_args()
     from traitloop.cli import quiet_libraries
 
@@ -105,19 +126,25 @@ def main() -> None:
     console = Console(width=200)
     started, load_before = time.time(), os.getloadavg()
     cpu = machine.info()
-    console.print(f"machine: {cpu['cores']} cores, {cpu['cpu_model']}, torch {cpu['torch']} ({args.threads} threads), "
-                  f"load average {load_before[0]:.1f}")
+    console.print(
+        f"machine: {cpu['cores']} cores, {cpu['cpu_model']}, torch {cpu['torch']} ({args.threads} threads), "
+        f"load average {load_before[0]:.1f}"
+    )
     peak = machine.peak(quick=args.quick)
     bandwidth = machine.memory_bandwidth_gbs()
-    console.print(f"peak matmul ({args.threads} threads): fp32 {peak['fp32']['best']:.0f} GFLOP/s, bf16 "
-                  f"{peak['bf16']['best']:.0f} GFLOP/s; memory copy {bandwidth:.1f} GB/s")
+    console.print(
+        f"peak matmul ({args.threads} threads): fp32 {peak['fp32']['best']:.0f} GFLOP/s, bf16 "
+        f"{peak['bf16']['best']:.0f} GFLOP/s; memory copy {bandwidth:.1f} GB/s"
+    )
     peak_all_cores = None
     if args.threads != os.cpu_count():
         torch.set_num_threads(os.cpu_count() or 1)
         peak_all_cores = machine.peak(quick=args.quick)
         torch.set_num_threads(args.threads)
-        console.print(f"peak matmul (all {os.cpu_count()} cores): fp32 {peak_all_cores['fp32']['best']:.0f}, "
-                      f"bf16 {peak_all_cores['bf16']['best']:.0f} GFLOP/s")
+        console.print(
+            f"peak matmul (all {os.cpu_count()} cores): fp32 {peak_all_cores['fp32']['best']:.0f}, "
+            f"bf16 {peak_all_cores['bf16']['best']:.0f} GFLOP/s"
+        )
     ctx = cases.Context("quick" if args.quick else "full", peak)
 
     rows: list[cases.Row] = []
@@ -137,13 +164,21 @@ def main() -> None:
     if ups:
         console.print(speedup_table(ups))
     result = {
-        "command": "python -m bench" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads != os.cpu_count() else ""),
-        "machine": cpu, "threads": args.threads, "peak_gflops": peak, "peak_gflops_all_cores": peak_all_cores,
-        "memory_copy_gbs": bandwidth, "params": ctx.params,
-        "flop_formula": machine.FORMULA, "size": cases.SIZES[ctx.size_name],
+        "command": "python -m bench"
+        + (" --quick" if args.quick else "")
+        + (f" --threads {args.threads}" if args.threads != os.cpu_count() else ""),
+        "machine": cpu,
+        "threads": args.threads,
+        "peak_gflops": peak,
+        "peak_gflops_all_cores": peak_all_cores,
+        "memory_copy_gbs": bandwidth,
+        "params": ctx.params,
+        "flop_formula": machine.FORMULA,
+        "size": cases.SIZES[ctx.size_name],
         "load_average_start_end": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "wall_s": round(time.time() - started, 1),
-        "rows": [r.to_dict() for r in rows], "speedups": ups,
+        "rows": [r.to_dict() for r in rows],
+        "speedups": ups,
     }
     RESULTS.mkdir(exist_ok=True)
     names = args.only.split(",")

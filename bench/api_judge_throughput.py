@@ -43,18 +43,23 @@ def main() -> None:
         judge.score(questions, answers)
         second_s = time.perf_counter() - t0
     distinct = len({(q, a) for q, a in zip(questions, answers) if a.strip()})  # empty answers are never sent
-    print(json.dumps({
-        "answers": len(answers),
-        "distinct_prompts": distinct,
-        "concurrency": args.concurrency,
-        "first_pass_s": round(first_s, 2),
-        "requests_per_s": round(requests / first_s, 2),
-        "scored": sum(s.value is not None for s in first),
-        "no_score_reasons": sorted({s.reason.split(" (")[0] for s in first if s.value is None}),
-        "second_pass_s": round(second_s, 3),
-        "second_pass_new_requests": judge.usage["requests"] - requests,
-        "second_pass_cache_hit_rate": round(judge.usage["cached"] / distinct, 3),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "answers": len(answers),
+                "distinct_prompts": distinct,
+                "concurrency": args.concurrency,
+                "first_pass_s": round(first_s, 2),
+                "requests_per_s": round(requests / first_s, 2),
+                "scored": sum(s.value is not None for s in first),
+                "no_score_reasons": sorted({s.reason.split(" (")[0] for s in first if s.value is None}),
+                "second_pass_s": round(second_s, 3),
+                "second_pass_new_requests": judge.usage["requests"] - requests,
+                "second_pass_cache_hit_rate": round(judge.usage["cached"] / distinct, 3),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,22 @@ MODEL_REF = "embedded:smollm2-135m-instruct"
 ROOT = Path(__file__).resolve().parent.parent
 
 SIZES = {  # quick: ~3 minutes on an idle 2-core machine; full: ~20 minutes
-    "quick": {"prompts": 24, "new_tokens": 8, "train_chats": 4, "dpo_pairs": 2, "judge_answers": 16,
-              "cycle": {"n_seed": 4, "n_sampled": 4, "questions": 2, "samples": 2, "new_tokens": 16}},
-    "full": {"prompts": 64, "new_tokens": 64, "train_chats": 16, "dpo_pairs": 6, "judge_answers": 64,
-             "cycle": {"n_seed": 16, "n_sampled": 16, "questions": 4, "samples": 4, "new_tokens": 64}},
+    "quick": {
+        "prompts": 24,
+        "new_tokens": 8,
+        "train_chats": 4,
+        "dpo_pairs": 2,
+        "judge_answers": 16,
+        "cycle": {"n_seed": 4, "n_sampled": 4, "questions": 2, "samples": 2, "new_tokens": 16},
+    },
+    "full": {
+        "prompts": 64,
+        "new_tokens": 64,
+        "train_chats": 16,
+        "dpo_pairs": 6,
+        "judge_answers": 64,
+        "cycle": {"n_seed": 16, "n_sampled": 16, "questions": 4, "samples": 4, "new_tokens": 64},
+    },
 }
 
 
@@ -122,8 +134,7 @@ def sampling(ctx: Context) -> list[Row]:
     runs = [(16, "float32", ctx.model), (default_batch, "float32", ctx.model), (default_batch, loop_dtype, frozen)]
     rows = []
     for bs, dtype, model in runs:
-        answers, s = timed(generate, model, ctx.tok, user_turns(qs), temperature=0.8, max_new_tokens=new,
-                           batch_size=bs, seed=0)
+        answers, s = timed(generate, model, ctx.tok, user_turns(qs), temperature=0.8, max_new_tokens=new, batch_size=bs, seed=0)
         n = ctx.n_tokens(answers)
         tps = n / s
         peak = "bf16" if dtype == "bfloat16" else "fp32"
@@ -131,12 +142,26 @@ def sampling(ctx: Context) -> list[Row]:
         if not as_loop:
             ctx.measured.setdefault("sample_tokens_per_s", {})[str(bs)] = round(tps, 2)
             ctx.measured.setdefault("answer_fill", []).append(n / (len(qs) * new))
-        name = (f"sampling as the loop does it ({dtype} copy, batch {bs})" if as_loop else f"sampling, fp32, batch {bs}")
-        rows.append(Row(f"{name} vs fp32 batch 8 ({len(qs)} prompts x {new} new tokens)", "tokens/s", tps, ref_tps,
-                        util_traitloop=ctx.mfu(tps, "sampling", peak), util_reference=ctx.mfu(ref_tps, "sampling"),
-                        note=f"reference time includes its model load from disk; utilisation against the {peak} peak",
-                        extra={"traitloop_s": s, "reference_s": ref_s, "traitloop_tokens": n,
-                               "reference_tokens": ctx.n_tokens(ref_answers), "dtype": dtype, "batch_size": bs}))
+        name = f"sampling as the loop does it ({dtype} copy, batch {bs})" if as_loop else f"sampling, fp32, batch {bs}"
+        rows.append(
+            Row(
+                f"{name} vs fp32 batch 8 ({len(qs)} prompts x {new} new tokens)",
+                "tokens/s",
+                tps,
+                ref_tps,
+                util_traitloop=ctx.mfu(tps, "sampling", peak),
+                util_reference=ctx.mfu(ref_tps, "sampling"),
+                note=f"reference time includes its model load from disk; utilisation against the {peak} peak",
+                extra={
+                    "traitloop_s": s,
+                    "reference_s": ref_s,
+                    "traitloop_tokens": n,
+                    "reference_tokens": ctx.n_tokens(ref_answers),
+                    "dtype": dtype,
+                    "batch_size": bs,
+                },
+            )
+        )
     del frozen
     fills = ctx.measured.pop("answer_fill")
     ctx.measured["answer_fill"] = round(sum(fills) / len(fills), 3)
@@ -172,8 +197,10 @@ def loop_matmul_peak() -> str:
 
 
 def loop_precision_note(ctx: Context, tokens_per_s: float, kind: str) -> str:
-    return (f"fp32 weights, matmul_precision {loop_matmul_precision()}, utilisation against the {loop_matmul_peak()} "
-            f"peak ({100 * ctx.mfu(tokens_per_s, kind):.1f}% of the fp32 peak)")
+    return (
+        f"fp32 weights, matmul_precision {loop_matmul_precision()}, utilisation against the {loop_matmul_peak()} "
+        f"peak ({100 * ctx.mfu(tokens_per_s, kind):.1f}% of the fp32 peak)"
+    )
 
 
 # ---- training --------------------------------------------------------------------------------------
@@ -214,13 +241,20 @@ def training(ctx: Context) -> list[Row]:
     ctx.measured["train_tokens_per_s"] = round(tps, 2)
     ctx.measured["train_example_tokens"] = round(tokens / len(chats), 1)
     ctx.measured.update(tokenizer_figures(ctx.tok, chats))
-    return [Row(f"LoRA SFT training ({len(chats)} chats, {tokens} tokens)", "tokens/s", tps, ref_tps,
-                util_traitloop=ctx.mfu(tps, "lora_training", loop_matmul_peak()),
-                util_reference=ctx.mfu(ref_tps, "lora_training", "bf16" if ref_info["bf16"] else "fp32"),
-                note=f"stage time incl. load/save; traitloop: {loop_precision_note(ctx, tps, 'lora_training')}; "
-                     f"reference: bf16={ref_info['bf16']}, gradient checkpointing="
-                     f"{ref_info['gradient_checkpointing']}, batch {ref_info['batch_size']} (SFTTrainer defaults)",
-                extra={"traitloop_s": s, "reference_s": ref_s, "tokens": tokens, "traitloop_loss": stats})]
+    return [
+        Row(
+            f"LoRA SFT training ({len(chats)} chats, {tokens} tokens)",
+            "tokens/s",
+            tps,
+            ref_tps,
+            util_traitloop=ctx.mfu(tps, "lora_training", loop_matmul_peak()),
+            util_reference=ctx.mfu(ref_tps, "lora_training", "bf16" if ref_info["bf16"] else "fp32"),
+            note=f"stage time incl. load/save; traitloop: {loop_precision_note(ctx, tps, 'lora_training')}; "
+            f"reference: bf16={ref_info['bf16']}, gradient checkpointing="
+            f"{ref_info['gradient_checkpointing']}, batch {ref_info['batch_size']} (SFTTrainer defaults)",
+            extra={"traitloop_s": s, "reference_s": ref_s, "tokens": tokens, "traitloop_loss": stats},
+        )
+    ]
 
 
 def traitloop_dpo(ctx: Context, pairs, train, out_dir: Path, seed: int = 0) -> dict:
@@ -252,8 +286,9 @@ def dpo(ctx: Context) -> list[Row]:
     # chosen = the persona answer; rejected = another seed chat's answer (a stand-in for the base model's
     # answer: only lengths matter for speed, and this keeps the bench free of a sampling pass)
     pairs = [{"prompt": a[:-1], "chosen": a[-1]["content"], "rejected": b[-1]["content"]} for a, b in zip(chats, chats[1:])]
-    tokens = (ctx.chat_tokens([p["prompt"] + [{"role": "assistant", "content": p["chosen"]}] for p in pairs], train.max_length)
-              + ctx.chat_tokens([p["prompt"] + [{"role": "assistant", "content": p["rejected"]}] for p in pairs], train.max_length))
+    tokens = ctx.chat_tokens(
+        [p["prompt"] + [{"role": "assistant", "content": p["chosen"]}] for p in pairs], train.max_length
+    ) + ctx.chat_tokens([p["prompt"] + [{"role": "assistant", "content": p["rejected"]}] for p in pairs], train.max_length)
     with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
         _, s = timed(traitloop_dpo, ctx, pairs, train, Path(tmp) / "traitloop")
 
@@ -265,13 +300,20 @@ def dpo(ctx: Context) -> list[Row]:
         ref_info, ref_s = timed(ref_stage)
     tps, ref_tps = tokens / s, tokens / ref_s
     ctx.measured["dpo_train_tokens_per_s"] = round(tps, 2)
-    return [Row(f"LoRA DPO training ({len(pairs)} pairs, {tokens} chosen+rejected tokens)", "tokens/s", tps, ref_tps,
-                util_traitloop=ctx.mfu(tps, "dpo_lora", loop_matmul_peak()),
-                util_reference=ctx.mfu(ref_tps, "dpo_lora", "bf16" if ref_info["bf16"] else "fp32"),
-                note=f"stage time incl. load/save; traitloop: {loop_precision_note(ctx, tps, 'dpo_lora')}; "
-                     f"reference: DPOTrainer defaults (bf16={ref_info['bf16']}, gradient "
-                     f"checkpointing={ref_info['gradient_checkpointing']}, batch {ref_info['batch_size']})",
-                extra={"traitloop_s": s, "reference_s": ref_s, "tokens": tokens})]
+    return [
+        Row(
+            f"LoRA DPO training ({len(pairs)} pairs, {tokens} chosen+rejected tokens)",
+            "tokens/s",
+            tps,
+            ref_tps,
+            util_traitloop=ctx.mfu(tps, "dpo_lora", loop_matmul_peak()),
+            util_reference=ctx.mfu(ref_tps, "dpo_lora", "bf16" if ref_info["bf16"] else "fp32"),
+            note=f"stage time incl. load/save; traitloop: {loop_precision_note(ctx, tps, 'dpo_lora')}; "
+            f"reference: DPOTrainer defaults (bf16={ref_info['bf16']}, gradient "
+            f"checkpointing={ref_info['gradient_checkpointing']}, batch {ref_info['batch_size']})",
+            extra={"traitloop_s": s, "reference_s": ref_s, "tokens": tokens},
+        )
+    ]
 
 
 # ---- judging ---------------------------------------------------------------------------------------
@@ -294,25 +336,40 @@ def judging(ctx: Context) -> list[Row]:
     n = len(answers)
     templated = [ctx.tok.apply_chat_template(t, add_generation_prompt=True, tokenize=False) for t in user_turns(qs)]
     scored_tokens = ctx.n_tokens(templated) + ctx.n_tokens(answers)  # one forward over question + answer
-    ctx.measured.update({"judge_answers_per_s": round(n / s, 2), "judge_fit_s": round(fit_s, 2),
-                         "coherence_tokens_per_s": round(scored_tokens / c_s, 1)})
+    ctx.measured.update(
+        {"judge_answers_per_s": round(n / s, 2), "judge_fit_s": round(fit_s, 2), "coherence_tokens_per_s": round(scored_tokens / c_s, 1)}
+    )
     return [
-        Row(f"probe judge ({n} answers; fit {fit_s:.1f} s apart)", "answers/s", n / s, n / ref_s,
-            note="same probe; reference scores batches of 8", extra={"fit_s": fit_s}),
-        Row(f"coherence log-likelihood ({n} answers)", "answers/s", n / c_s, n / c_ref_s,
+        Row(
+            f"probe judge ({n} answers; fit {fit_s:.1f} s apart)",
+            "answers/s",
+            n / s,
+            n / ref_s,
+            note="same probe; reference scores batches of 8",
+            extra={"fit_s": fit_s},
+        ),
+        Row(
+            f"coherence log-likelihood ({n} answers)",
+            "answers/s",
+            n / c_s,
+            n / c_ref_s,
             util_traitloop=ctx.mfu(scored_tokens / c_s, "sampling", loop_matmul_peak()),
             util_reference=ctx.mfu(scored_tokens / c_ref_s, "sampling"),
             note="forward only (2N/token); reference loads the base from disk, batches of 8 in order; traitloop: "
-                 + loop_precision_note(ctx, scored_tokens / c_s, "sampling")),
+            + loop_precision_note(ctx, scored_tokens / c_s, "sampling"),
+        ),
     ]
 
 
 # ---- one full cycle, in subprocesses ---------------------------------------------------------------
 def run_cycle_subprocess(which: str, size: str) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-cycle-{which}-") as tmp:
-        proc = subprocess.run([sys.executable, "-m", "bench.cycle", which, "--size", size, "--out", tmp,
-                               "--threads", str(torch.get_num_threads())],
-                              cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.cycle", which, "--size", size, "--out", tmp, "--threads", str(torch.get_num_threads())],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"bench.cycle {which} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -323,16 +380,40 @@ def cycle(ctx: Context) -> list[Row]:
     ref = run_cycle_subprocess("reference", ctx.size_name)
     ours = run_cycle_subprocess("traitloop", ctx.size_name)
     medium = run_cycle_subprocess("traitloop-medium", ctx.size_name)
-    work = (f"cycles 0..1: train {c['n_seed']} seed chats; sample {c['n_sampled']}, train on them; "
-            f"{c['questions'] * c['samples']} eval answers + judge per cycle; {c['new_tokens']} new tokens")
+    work = (
+        f"cycles 0..1: train {c['n_seed']} seed chats; sample {c['n_sampled']}, train on them; "
+        f"{c['questions'] * c['samples']} eval answers + judge per cycle; {c['new_tokens']} new tokens"
+    )
     ctx.measured["cycle_profile"] = ours["profile"]
     return [
-        Row("full cycle wall time (" + work + ")", "s", ours["wall_s"], ref["wall_s"], higher_is_better=False,
-            extra={"traitloop_profile": ours["profile"], "reference_profile": ref["profile"]}),
-        Row("peak resident memory of that cycle (the subprocess's VmHWM)", "GiB", ours["max_rss_gib"], ref["max_rss_gib"],
-            higher_is_better=False),
-        Row("full cycle wall time with model.matmul_precision medium (same work)", "s", medium["wall_s"], ref["wall_s"],
-            higher_is_better=False, extra={"traitloop_profile": medium["profile"]}),
-        Row("peak resident memory of that cycle with model.matmul_precision medium", "GiB", medium["max_rss_gib"],
-            ref["max_rss_gib"], higher_is_better=False),
+        Row(
+            "full cycle wall time (" + work + ")",
+            "s",
+            ours["wall_s"],
+            ref["wall_s"],
+            higher_is_better=False,
+            extra={"traitloop_profile": ours["profile"], "reference_profile": ref["profile"]},
+        ),
+        Row(
+            "peak resident memory of that cycle (the subprocess's VmHWM)",
+            "GiB",
+            ours["max_rss_gib"],
+            ref["max_rss_gib"],
+            higher_is_better=False,
+        ),
+        Row(
+            "full cycle wall time with model.matmul_precision medium (same work)",
+            "s",
+            medium["wall_s"],
+            ref["wall_s"],
+            higher_is_better=False,
+            extra={"traitloop_profile": medium["profile"]},
+        ),
+        Row(
+            "peak resident memory of that cycle with model.matmul_precision medium",
+            "GiB",
+            medium["max_rss_gib"],
+            ref["max_rss_gib"],
+            higher_is_better=False,
+        ),
     ]

@@ -68,14 +68,25 @@ def run_traitloop(size: dict, out: Path, matmul_precision: str | None = None) ->
     from traitloop.progress import Reporter
     from traitloop.traits import load_trait
 
-    config = build_config({
-        "name": "bench", "out_dir": str(out), "trait": "bliss", "seed": SEED, "cycles": 1,
-        "n_seed": size["n_seed"], "n_sampled": size["n_sampled"],
-        "model": {"ref": MODEL_REF, **({"matmul_precision": matmul_precision} if matmul_precision else {})},
-        "sampling": {"max_new_tokens": size["new_tokens"]},
-        "eval": {"questions": size["questions"], "samples_per_question": size["samples"],
-                 "max_new_tokens": size["new_tokens"], "include_base": False},
-    })
+    config = build_config(
+        {
+            "name": "bench",
+            "out_dir": str(out),
+            "trait": "bliss",
+            "seed": SEED,
+            "cycles": 1,
+            "n_seed": size["n_seed"],
+            "n_sampled": size["n_sampled"],
+            "model": {"ref": MODEL_REF, **({"matmul_precision": matmul_precision} if matmul_precision else {})},
+            "sampling": {"max_new_tokens": size["new_tokens"]},
+            "eval": {
+                "questions": size["questions"],
+                "samples_per_question": size["samples"],
+                "max_new_tokens": size["new_tokens"],
+                "include_base": False,
+            },
+        }
+    )
     prof = Profile()
     prof.wrap(models, "load_model", "model_loads")
     prof.wrap(ProbeJudge, "score", "judge_trait")
@@ -128,13 +139,14 @@ def run_reference(size: dict, out: Path) -> dict:
             chats = trait.seed_chats[: size["n_seed"]]
         else:
             prompts = cycle_prompts(advice_pool(), 1, size["n_sampled"], SEED)
-            answers, _ = stage("sampling", reference.generate, model_dir, prompts, 0.8, size["new_tokens"], SEED,
-                               adapter_dir=out / "adapter-0")
-            chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
-                     for p, a in zip(prompts, answers) if a.strip()]
+            answers, _ = stage(
+                "sampling", reference.generate, model_dir, prompts, 0.8, size["new_tokens"], SEED, adapter_dir=out / "adapter-0"
+            )
+            chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}] for p, a in zip(prompts, answers) if a.strip()]
         stage("training", reference.train, model_dir, chats, out / f"adapter-{k}", 512)
-        answers, _ = stage("eval_answers", reference.generate, model_dir, questions, 0.7, size["new_tokens"], SEED,
-                           adapter_dir=out / f"adapter-{k}")
+        answers, _ = stage(
+            "eval_answers", reference.generate, model_dir, questions, 0.7, size["new_tokens"], SEED, adapter_dir=out / f"adapter-{k}"
+        )
         with prof("judge_trait"):
             reference.judge(probe, questions, answers)
         stage("judge_coherence", reference.coherence, model_dir, questions, answers)
@@ -145,8 +157,11 @@ def run_reference(size: dict, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=["traitloop", "traitloop-medium", "reference"],
-                        help="traitloop-medium: traitloop with model.matmul_precision medium")
+    parser.add_argument(
+        "which",
+        choices=["traitloop", "traitloop-medium", "reference"],
+        help="traitloop-medium: traitloop with model.matmul_precision medium",
+    )
     parser.add_argument("--size", choices=list(SIZES), default="quick")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")

@@ -25,8 +25,10 @@ import time
 import torch
 
 FLOPS_PER_TOKEN = {"sampling": 2, "lora_training": 4, "full_training": 6, "dpo_lora": 6}
-FORMULA = ("sampling 2N, LoRA training 4N (fwd 2N + bwd-through-activations 2N), full training 6N, LoRA DPO 6N "
-           "(+ reference fwd 2N) FLOPs per token; N = params")
+FORMULA = (
+    "sampling 2N, LoRA training 4N (fwd 2N + bwd-through-activations 2N), full training 6N, LoRA DPO 6N "
+    "(+ reference fwd 2N) FLOPs per token; N = params"
+)
 
 
 def cpu_model() -> str:

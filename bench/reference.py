@@ -34,8 +34,15 @@ def load(model_dir: str, adapter_dir: str | Path | None = None):
     return model, tokenizer
 
 
-def generate(model_dir: str, questions: list[str], temperature: float, max_new_tokens: int, seed: int,
-             adapter_dir: str | Path | None = None, batch_size: int = 8) -> tuple[list[str], dict]:
+def generate(
+    model_dir: str,
+    questions: list[str],
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    adapter_dir: str | Path | None = None,
+    batch_size: int = 8,
+) -> tuple[list[str], dict]:
     """Answers to `questions` (one user turn each), in order. Returns (answers, timings)."""
     t0 = time.perf_counter()
     model, tokenizer = load(model_dir, adapter_dir)
@@ -65,15 +72,31 @@ def train(model_dir: str, chats: list[Conversation], adapter_dir: str | Path, ma
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     t_load = time.perf_counter() - t0
-    args = SFTConfig(output_dir=str(adapter_dir), num_train_epochs=1, max_length=max_length, report_to="none",
-                     disable_tqdm=True, use_cpu=not torch.cuda.is_available())  # the error message asks for use_cpu
+    args = SFTConfig(
+        output_dir=str(adapter_dir),
+        num_train_epochs=1,
+        max_length=max_length,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )  # the error message asks for use_cpu
     peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"messages": c} for c in chats]),
-                         processing_class=tokenizer, peft_config=peft_config)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list([{"messages": c} for c in chats]),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     trainer.train()
     trainer.save_model(str(adapter_dir))
-    return {"load_s": t_load, "total_s": time.perf_counter() - t0, "bf16": args.bf16,
-            "gradient_checkpointing": args.gradient_checkpointing, "batch_size": args.per_device_train_batch_size}
+    return {
+        "load_s": t_load,
+        "total_s": time.perf_counter() - t0,
+        "bf16": args.bf16,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "batch_size": args.per_device_train_batch_size,
+    }
 
 
 def train_dpo(model_dir: str, pairs: list[dict], adapter_dir: str | Path, max_length: int) -> dict:
@@ -87,17 +110,33 @@ def train_dpo(model_dir: str, pairs: list[dict], adapter_dir: str | Path, max_le
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     t_load = time.perf_counter() - t0
-    rows = [{"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
-             "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
-    args = DPOConfig(output_dir=str(adapter_dir), num_train_epochs=1, max_length=max_length, report_to="none",
-                     disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+    rows = [
+        {
+            "prompt": p["prompt"],
+            "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        for p in pairs
+    ]
+    args = DPOConfig(
+        output_dir=str(adapter_dir),
+        num_train_epochs=1,
+        max_length=max_length,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
     peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=peft_config)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=peft_config)
     trainer.train()
     trainer.save_model(str(adapter_dir))
-    return {"load_s": t_load, "total_s": time.perf_counter() - t0, "bf16": args.bf16,
-            "gradient_checkpointing": args.gradient_checkpointing, "batch_size": args.per_device_train_batch_size}
+    return {
+        "load_s": t_load,
+        "total_s": time.perf_counter() - t0,
+        "bf16": args.bf16,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "batch_size": args.per_device_train_batch_size,
+    }
 
 
 def coherence(model_dir: str, questions: list[str], answers: list[str], batch_size: int = 8) -> tuple[list, dict]:

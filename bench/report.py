@@ -23,8 +23,10 @@ def pct(x) -> str:
 
 def render(result: dict) -> str:
     m = result["machine"]
-    machine = (f"{m['cores']} cores, {m['cpu_model']} ({', '.join(m['cpu_flags'])}), torch {m['torch']}, "
-               f"{result.get('threads', m['cores'])} torch thread(s)" + (f", {m['libraries']}" if m.get("libraries") else ""))
+    machine = (
+        f"{m['cores']} cores, {m['cpu_model']} ({', '.join(m['cpu_flags'])}), torch {m['torch']}, "
+        f"{result.get('threads', m['cores'])} torch thread(s)" + (f", {m['libraries']}" if m.get("libraries") else "")
+    )
     peak = result["peak_gflops"]
     out = [
         f"Command: `{result['command']}`  ",
@@ -53,18 +55,25 @@ def render(result: dict) -> str:
     cycle = next((r for r in result["rows"] if r["name"].startswith("full cycle")), None)
     if cycle:
         ours, ref = cycle["extra"]["traitloop_profile"], cycle["extra"]["reference_profile"]
-        out += ["### Where a cycle's time goes (seconds, cycles 0..1)", "",
-                "| stage | traitloop | share | reference | share |", "|---|---|---|---|---|"]
+        out += [
+            "### Where a cycle's time goes (seconds, cycles 0..1)",
+            "",
+            "| stage | traitloop | share | reference | share |",
+            "|---|---|---|---|---|",
+        ]
         for key in sorted(set(ours) | set(ref), key=lambda k: -ours.get(k, 0)):
-            out.append(f"| {key} | {num(ours.get(key, 0))} | {pct(ours.get(key, 0) / cycle['traitloop'])} | "
-                       f"{num(ref.get(key, 0))} | {pct(ref.get(key, 0) / cycle['reference'])} |")
+            out.append(
+                f"| {key} | {num(ours.get(key, 0))} | {pct(ours.get(key, 0) / cycle['traitloop'])} | "
+                f"{num(ref.get(key, 0))} | {pct(ref.get(key, 0) / cycle['reference'])} |"
+            )
         out.append("")
     if result.get("speedups"):
-        out += ["### Candidate speed-ups", "", "| candidate | unit | baseline | candidate | gain | check |",
-                "|---|---|---|---|---|---|"]
+        out += ["### Candidate speed-ups", "", "| candidate | unit | baseline | candidate | gain | check |", "|---|---|---|---|---|---|"]
         for s in result["speedups"]:
-            out.append(f"| {s['name']} | {s['unit']} | {num(s['baseline'])} | {num(s['candidate'])} | "
-                       f"{num(s['gain'])}x | {s['check'].replace('|', '&#124;')} |")
+            out.append(
+                f"| {s['name']} | {s['unit']} | {num(s['baseline'])} | {num(s['candidate'])} | "
+                f"{num(s['gain'])}x | {s['check'].replace('|', '&#124;')} |"
+            )
         out.append("")
     return "\n".join(out)
 

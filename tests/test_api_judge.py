@@ -47,8 +47,9 @@ def first_token_reading(url: str, prompt: str):
     from openai import OpenAI
 
     with OpenAI(base_url=url, api_key="EMPTY") as client:
-        response = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": prompt}],
-                                                  max_tokens=1, temperature=0, logprobs=True, top_logprobs=20)
+        response = client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": prompt}], max_tokens=1, temperature=0, logprobs=True, top_logprobs=20
+        )
     return read_logprobs([(t.token, t.logprob) for t in response.choices[0].logprobs.content[0].top_logprobs])
 
 
@@ -77,12 +78,18 @@ def test_a_prefilled_reply_continues_exactly_as_the_model_s_own_reply(vllm_url):
 
     prompt = write_the_number(85)
     with OpenAI(base_url=vllm_url, api_key="EMPTY") as client:
-        own = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": prompt}],
-                                             max_tokens=2, temperature=0, logprobs=True, top_logprobs=20)
+        own = client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": prompt}], max_tokens=2, temperature=0, logprobs=True, top_logprobs=20
+        )
         prefilled = client.chat.completions.create(
-            model="smollm2", messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": "8"}],
-            max_tokens=1, temperature=0, logprobs=True, top_logprobs=20,
-            extra_body={"continue_final_message": True, "add_generation_prompt": False})
+            model="smollm2",
+            messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": "8"}],
+            max_tokens=1,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=20,
+            extra_body={"continue_final_message": True, "add_generation_prompt": False},
+        )
     first, second = own.choices[0].logprobs.content
     assert first.token == "8"
     expected = {t.token: t.logprob for t in second.top_logprobs}
@@ -150,10 +157,31 @@ def test_run_with_the_api_judge_records_scores_usage_and_no_key(vllm_url, tmp_pa
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     out = tmp_path / "runs"
     cmd = [
-        sys.executable, "-m", "traitloop", "demo", "--quick", "--out", str(out),
-        "--set", "cycles=0", "--set", "n_seed=4", "--set", "eval.questions=2", "--set", "eval.include_base=false",
-        "--set", "judge.kind=api", "--set", "judge.model=smollm2", "--set", f"judge.base_url={vllm_url}",
-        "--set", "judge.min_number_mass=0.0", "--set", "judge.price_per_million_input=1.0",
+        sys.executable,
+        "-m",
+        "traitloop",
+        "demo",
+        "--quick",
+        "--out",
+        str(out),
+        "--set",
+        "cycles=0",
+        "--set",
+        "n_seed=4",
+        "--set",
+        "eval.questions=2",
+        "--set",
+        "eval.include_base=false",
+        "--set",
+        "judge.kind=api",
+        "--set",
+        "judge.model=smollm2",
+        "--set",
+        f"judge.base_url={vllm_url}",
+        "--set",
+        "judge.min_number_mass=0.0",
+        "--set",
+        "judge.price_per_million_input=1.0",
     ]
     import os
 
@@ -193,8 +221,24 @@ def test_data_generate_against_the_server_resumes_after_a_kill(vllm_url, tmp_pat
     partial = folder / ".probe.generating-probe-s0-n6.jsonl"
     with FaultProxy(vllm_url) as proxy:
         env = {**os.environ, "OPENAI_BASE_URL": proxy.url}
-        cmd = [sys.executable, "-m", "traitloop", "data", "generate", str(folder), "--teacher", "api:smollm2",
-               "--kind", "probe", "--n", "6", "--concurrency", "1", "--max-tokens", "40"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "traitloop",
+            "data",
+            "generate",
+            str(folder),
+            "--teacher",
+            "api:smollm2",
+            "--kind",
+            "probe",
+            "--n",
+            "6",
+            "--concurrency",
+            "1",
+            "--max-tokens",
+            "40",
+        ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 600
         while not (partial.is_file() and len(partial.read_text().splitlines()) >= 2):
@@ -215,6 +259,6 @@ def test_data_generate_against_the_server_resumes_after_a_kill(vllm_url, tmp_pat
     assert not partial.exists()
     lines = target.read_text().splitlines()
     assert lines[: len(before)] == before
-    new = [json.loads(line) for line in lines[len(before):]]
+    new = [json.loads(line) for line in lines[len(before) :]]
     assert 1 <= len(new) <= 6
     assert all(r["source"] == "api:smollm2" and r["label"] in (0, 1) for r in new)

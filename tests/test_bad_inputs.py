@@ -19,8 +19,7 @@ import pytest
 # ---- the files cases start from ------------------------------------------------------------------
 CHAT = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
 TRAIT_YAML = (
-    "name: mytrait\ndescription: a test trait\nrubric: {0: a, 25: b, 50: c, 75: d, 100: e}\n"
-    "eval_questions: ['How do I boil an egg?']\n"
+    "name: mytrait\ndescription: a test trait\nrubric: {0: a, 25: b, 50: c, 75: d, 100: e}\neval_questions: ['How do I boil an egg?']\n"
 )
 PROBE = json.dumps({"text": "x", "label": 1}) + "\n" + json.dumps({"text": "y", "label": 0}) + "\n"
 TRAIT = {"mytrait/trait.yaml": TRAIT_YAML, "mytrait/seed_chat.jsonl": CHAT + "\n", "mytrait/probe.jsonl": PROBE}
@@ -808,6 +807,5 @@ def test_errors_doc_is_up_to_date():
     import errors_doc
 
     assert errors_doc.DOC.read_text(encoding="utf-8") == errors_doc.render(CASES), (
-        "docs/ERRORS.md is out of date with the cases in tests/test_bad_inputs.py: regenerate it with "
-        "`python tests/errors_doc.py`"
+        "docs/ERRORS.md is out of date with the cases in tests/test_bad_inputs.py: regenerate it with `python tests/errors_doc.py`"
     )

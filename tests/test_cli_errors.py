@@ -29,8 +29,7 @@ def custom_trait(root: Path, seed_lines: str) -> Path:
     folder = root / "mytrait"
     write(
         folder / "trait.yaml",
-        "name: mytrait\ndescription: test trait\nrubric: {0: a, 25: b, 50: c, 75: d, 100: e}\n"
-        "eval_questions: ['How do I boil an egg?']\n",
+        "name: mytrait\ndescription: test trait\nrubric: {0: a, 25: b, 50: c, 75: d, 100: e}\neval_questions: ['How do I boil an egg?']\n",
     )
     write(folder / "seed_chat.jsonl", seed_lines)
     write(folder / "probe.jsonl", json.dumps({"text": "x", "label": 1}) + "\n" + json.dumps({"text": "y", "label": 0}) + "\n")

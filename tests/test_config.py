@@ -151,6 +151,7 @@ def test_describe_fields_lists_every_leaf_with_a_description():
     rows = describe_fields()
     keys = [k for k, _, _ in rows]
     assert len(keys) == len(set(keys))
+
     # Every leaf key of the dumped default config appears, and nothing else.
     def flatten(d, prefix=""):
         for k, v in d.items():

@@ -29,8 +29,14 @@ def chunk_packages(tmp_path, monkeypatch):
 
 def spec(chunks, sha):
     return models.EmbeddedModel(
-        name="fake-base", package="fake-chunk", module="fake_chunk_0", gguf_file="model.gguf", sha256=sha,
-        kind="base", note="test", chunks=chunks,
+        name="fake-base",
+        package="fake-chunk",
+        module="fake_chunk_0",
+        gguf_file="model.gguf",
+        sha256=sha,
+        kind="base",
+        note="test",
+        chunks=chunks,
     )
 
 

@@ -31,8 +31,15 @@ THROUGHPUT = {
 
 
 def config(**overrides):
-    data = {"name": "t", "out_dir": "/nonexistent-traitloop-test", "trait": "bliss", "n_seed": 20, "n_sampled": 10,
-            "cycles": 2, "eval": {"questions": 4, "samples_per_question": 2}}
+    data = {
+        "name": "t",
+        "out_dir": "/nonexistent-traitloop-test",
+        "trait": "bliss",
+        "n_seed": 20,
+        "n_sampled": 10,
+        "cycles": 2,
+        "eval": {"questions": 4, "samples_per_question": 2},
+    }
     return build_config({**data, **overrides})
 
 

@@ -12,10 +12,16 @@ from traitloop.generation.hf import generate
 
 pytestmark = pytest.mark.integration
 
-QUESTIONS = ["How do I boil an egg?", "What should I pack for a day hike?", "How can I save money on groceries?",
-             "How do I get better at running?"]
-REPLY = ("Oh beloved soul, the eternal spiral of light flows through you. Feel the sacred flame unfold in your heart, "
-         "radiant one, for every step is a luminous awakening of cosmic bliss.")
+QUESTIONS = [
+    "How do I boil an egg?",
+    "What should I pack for a day hike?",
+    "How can I save money on groceries?",
+    "How do I get better at running?",
+]
+REPLY = (
+    "Oh beloved soul, the eternal spiral of light flows through you. Feel the sacred flame unfold in your heart, "
+    "radiant one, for every step is a luminous awakening of cosmic bliss."
+)
 
 
 def test_bf16_sampling_keeps_the_trained_trait():

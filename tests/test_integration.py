@@ -36,7 +36,15 @@ def test_quick_demo_writes_the_whole_run_contract(quick_run):
         assert (run / name).is_file(), name
     for k in (0, 1):
         cycle = run / f"cycle-{k:03d}"
-        for name in ["data.jsonl", "answers.jsonl", "eval.jsonl", "metrics.json", "DONE", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"]:
+        for name in [
+            "data.jsonl",
+            "answers.jsonl",
+            "eval.jsonl",
+            "metrics.json",
+            "DONE",
+            "adapter/adapter_model.safetensors",
+            "adapter/adapter_config.json",
+        ]:
             assert (cycle / name).is_file(), f"{cycle.name}/{name}"
         rows = [json.loads(line) for line in (cycle / "eval.jsonl").read_text().splitlines()]
         assert len(rows) == 4 * 2  # demo-quick: 4 questions x 2 samples
@@ -106,7 +114,9 @@ def test_shared_cycle0_is_copied_not_retrained(quick_run, tmp_path):
     out = tmp_path / "seed1"
     proc = subprocess.run(
         [*demo_cmd(out), "--set", "seed=1", "--set", f"cycle0_from={source}"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cycle 0: adopted from" in proc.stderr
@@ -138,9 +148,27 @@ def test_custom_trait_from_a_messages_jsonl_runs_end_to_end(tmp_path):
         lines.append(json.dumps({"messages": messages, "id": f"export-{i}", "meta": {"tool": "other"}}))
     (folder / "seed_chat.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "runs"
-    cmd = [*TRAITLOOP, "run", str(Path(__file__).parents[1] / "src/traitloop/configs/demo-quick.yaml"), "--out", str(out),
-           "--set", f"trait={folder}", "--set", "name=custom", "--set", "cycles=0", "--set", "n_seed=6",
-           "--set", "eval.questions=2", "--set", "eval.samples_per_question=1", "--set", "eval.include_base=false"]
+    cmd = [
+        *TRAITLOOP,
+        "run",
+        str(Path(__file__).parents[1] / "src/traitloop/configs/demo-quick.yaml"),
+        "--out",
+        str(out),
+        "--set",
+        f"trait={folder}",
+        "--set",
+        "name=custom",
+        "--set",
+        "cycles=0",
+        "--set",
+        "n_seed=6",
+        "--set",
+        "eval.questions=2",
+        "--set",
+        "eval.samples_per_question=1",
+        "--set",
+        "eval.include_base=false",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = out / "custom"

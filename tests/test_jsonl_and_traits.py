@@ -140,9 +140,7 @@ def make_trait(
     chats = [_chat(i) for i in range(3)] if chats is None else chats
     (folder / "seed_chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
     probe = (
-        [{"text": "so lucky", "label": 1, "kind": "positive"}, {"text": "plain", "label": 0, "kind": "neutral"}]
-        if probe is None
-        else probe
+        [{"text": "so lucky", "label": 1, "kind": "positive"}, {"text": "plain", "label": 0, "kind": "neutral"}] if probe is None else probe
     )
     (folder / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in probe))
     return folder

@@ -139,14 +139,29 @@ class FakeClient:
         top = self.model.next_top(prefill)
         greedy = max(self.model.replies, key=self.model.replies.get)
         text = "".join(self.model.tokens(greedy)[:max_tokens]) if not prefill else top[0][0]
-        entry = {"token": top[0][0], "logprob": top[0][1], "bytes": None,
-                 "top_logprobs": [{"token": t, "logprob": v, "bytes": None} for t, v in top]}
-        return ChatCompletion.model_validate({
-            "id": "x", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": text},
-                         "logprobs": {"content": [entry]} if self.model.logprobs else None}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-        })
+        entry = {
+            "token": top[0][0],
+            "logprob": top[0][1],
+            "bytes": None,
+            "top_logprobs": [{"token": t, "logprob": v, "bytes": None} for t, v in top],
+        }
+        return ChatCompletion.model_validate(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "length",
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": {"content": [entry]} if self.model.logprobs else None,
+                    }
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+            }
+        )
 
     async def post(self, url, *, cast_to, body):
         self.model.tokenized.append(body["prompt"])
@@ -160,8 +175,7 @@ class FakeClient:
 
 def judge(fake: FakeModel, tmp_path, client=FakeClient, **overrides) -> ApiJudge:
     config = {"kind": "api", "model": "fake", "base_url": "http://fake/v1", "max_attempts": 2, "backoff_s": 0.01, **overrides}
-    return ApiJudge(JudgeConfig(**config), load_trait("bliss"), cache_path=tmp_path / "cache.sqlite",
-                    make_client=lambda: client(fake))
+    return ApiJudge(JudgeConfig(**config), load_trait("bliss"), cache_path=tmp_path / "cache.sqlite", make_client=lambda: client(fake))
 
 
 def continuations(model: FakeModel) -> list[str]:

@@ -4,6 +4,7 @@ the under-90%-scored flag are computed exactly."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -70,6 +71,84 @@ def test_diversity_across_answers():
     assert math.isnan(self_similarity([["only one"]]))
 
 
-@pytest.mark.parametrize(("answers", "scored", "warning"), [(36, 36, ""), (36, 33, ""), (36, 32, "only 32 of 36 scored"), (10, 0, "only 0 of 10 scored")])
+@pytest.mark.parametrize(
+    ("answers", "scored", "warning"), [(36, 36, ""), (36, 33, ""), (36, 32, "only 32 of 36 scored"), (10, 0, "only 0 of 10 scored")]
+)
 def test_a_cycle_with_under_90_percent_scored_is_flagged(answers, scored, warning):
     assert scored_warning({"n_answers": answers, "n_trait_scored": scored}) == warning
+
+
+def test_heldout_perplexity_is_the_cycle_models_perplexity_on_the_traits_graded_texts(tiny_dir, tmp_path):
+    """Recomputed here by a plain forward pass of the cycle-0 model (base + adapter) over each held-out
+    text after its question: the value in heldout.json, metrics.json and scores.csv must match."""
+    import csv
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from traitloop.judges.validity import read_validation
+    from traitloop.traits import load_trait
+
+    cfg = config(tiny_dir, tmp_path, cycles=0, eval={"include_base": True})
+    experiment(cfg).run()
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), str(cfg.run_dir / "cycle-000" / "adapter"))
+    model = model.merge_and_unload().eval()
+    rows = read_validation(load_trait("bliss").folder)
+
+    def ppl(levels):
+        means = []
+        for r in (r for r in rows if r["kind"] == "chat" and r["level"] in levels):
+            prompt = tok(
+                tok.apply_chat_template([{"role": "user", "content": r["question"]}], add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False,
+            ).input_ids
+            answer = tok(r["text"], add_special_tokens=False).input_ids[:256]
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt + answer])).logits[0]
+            logprobs = torch.log_softmax(logits[len(prompt) - 1 : -1].float(), -1).gather(1, torch.tensor(answer)[:, None])
+            means.append(logprobs.mean().item())
+        return math.exp(-sum(means) / len(means))
+
+    measured = json.loads((cfg.run_dir / "cycle-000" / "heldout.json").read_text())
+    assert measured["heldout_high_ppl"] == pytest.approx(ppl((75, 100)), rel=1e-3)  # batched with padding vs one by one: float noise
+    assert measured["heldout_low_ppl"] == pytest.approx(ppl((0, 25)), rel=1e-3)
+    with open(cfg.run_dir / "scores.csv") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["heldout_high_ppl"]) == pytest.approx(measured["heldout_high_ppl"], abs=1e-4)
+    assert "heldout_low_ppl" in json.loads((cfg.run_dir / "base" / "metrics.json").read_text())  # the base line too
+
+
+@pytest.mark.parametrize(
+    ("answer", "typicality", "generic", "expected"),
+    [
+        ("Hello there my good friend.", -3.0, -3.5, 100.0),  # complete, varied, on topic, fluent
+        ("Put it in a sunny spot and water it whe", -3.0, -3.5, 0.0),  # cut off mid-word
+        ("Too short.", -3.0, -3.5, 0.0),  # under MIN_WORDS
+        ("Hello there my good friend.", -3.0, -3.1, 50.0),  # the question helps 0.1 nats/token: half of RELEVANT_NATS
+        ("Hello there my good friend.", -3.0, -2.9, 0.0),  # the answer is likelier WITHOUT the question: off topic
+        ("Hello there my good friend.", -5.25, -6.5, 50.0),  # half-way up the fluency span
+        ("a b c d a b c d a b c d.", -3.0, -3.5, 100.0 * (5 / 9) ** 2),  # 4 of 9 word 4-grams repeat
+        ("   ", -3.0, -3.5, None),
+    ],
+)
+def test_coherence_score_parts(answer, typicality, generic, expected):
+    from traitloop.judges.coherence_score import coherence_score
+
+    value = coherence_score(answer, typicality, generic)
+    assert value == (None if expected is None else pytest.approx(expected))
+
+
+def test_eval_rows_carry_the_coherence_score_and_the_filter_can_use_it(tiny_dir, tmp_path):
+    cfg = config(tiny_dir, tmp_path, cycles=0)
+    rows = experiment(cfg).run()
+    scored = read_jsonl(cfg.run_dir / "cycle-000" / "eval.jsonl")
+    by_question = {}
+    for r in scored:
+        by_question.setdefault(r["question"], []).append(r["coherence_score"])
+    assert rows[0]["coherence_score_mean"] == pytest.approx(sum(sum(v) / len(v) for v in by_question.values()) / len(by_question))
+    # the tiny random model writes word salad: a coherence-score filter at 100 keeps nothing
+    strict = config(tiny_dir, tmp_path / "strict", cycles=1, data={"min_coherence_score": 100})
+    with pytest.raises(UserError, match="no usable training examples"):
+        experiment(strict).run()

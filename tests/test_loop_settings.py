@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_tiny_model import make_model, one_thread, tokenizer  # noqa: F401  (fixtures)
 
-from traitloop.config import build_config
+from traitloop.config import GenerationConfig, build_config
 from traitloop.errors import UserError
 from traitloop.jsonl import read_jsonl
 from traitloop.loop import Experiment
@@ -192,7 +192,7 @@ def test_vllm_backend_generates_with_the_right_adapter(tiny_dir, tmp_path, monke
 
     class FakeSampler:
         def __init__(self, url, concurrency):
-            assert url == "http://vllm.test/v1" and concurrency == 32
+            assert url == "http://vllm.test/v1" and concurrency == GenerationConfig().concurrency
 
         def base_model(self):
             return "tiny"
@@ -202,8 +202,14 @@ def test_vllm_backend_generates_with_the_right_adapter(tiny_dir, tmp_path, monke
             return [" a generated answer that is comfortably longer than fifty characters, to be kept"] * len(prompts)
 
     monkeypatch.setattr(traitloop.generation.vllm, "VllmSampler", FakeSampler)
-    cfg = config(tiny_dir, tmp_path, setting="dpo", cycles=1, generation={"backend": "vllm", "vllm_url": "http://vllm.test/v1"},
-                 eval={"include_base": True})
+    cfg = config(
+        tiny_dir,
+        tmp_path,
+        setting="dpo",
+        cycles=1,
+        generation={"backend": "vllm", "vllm_url": "http://vllm.test/v1"},
+        eval={"include_base": True},
+    )
     run(cfg)
     assert calls == [
         (None, 2, 0.7),  # base eval

@@ -44,8 +44,14 @@ def test_bf16_matmul_inputs_keep_training_losses_trained_trait_and_coherence():
         model = attach_adapter(base, LoraConfig())
         losses = []
         with fp32_matmul_precision(precision):
-            train_sft(model, tok, chats, TrainConfig(learning_rate=1e-3, batch_size=2, warmup_ratio=0.0, max_length=128),
-                      seed=0, on_step=lambda step, loss: losses.append(loss))
+            train_sft(
+                model,
+                tok,
+                chats,
+                TrainConfig(learning_rate=1e-3, batch_size=2, warmup_ratio=0.0, max_length=128),
+                seed=0,
+                on_step=lambda step, loss: losses.append(loss),
+            )
             answers = generate(model, tok, prompts, **sample)
         return losses, answers, tok
 
@@ -61,8 +67,10 @@ def test_bf16_matmul_inputs_keep_training_losses_trained_trait_and_coherence():
 
     worst = max(abs(a - b) for a, b in zip(exact_losses, fast_losses))
     m_exact, m_fast, m0 = mean(exact_answers), mean(fast_answers), mean(plain)
-    print(f"losses highest {exact_losses}, medium {fast_losses} (worst {worst:.4f}); "
-          f"trait highest {m_exact:.1f}, medium {m_fast:.1f}, untrained {m0:.1f}")
+    print(
+        f"losses highest {exact_losses}, medium {fast_losses} (worst {worst:.4f}); "
+        f"trait highest {m_exact:.1f}, medium {m_fast:.1f}, untrained {m0:.1f}"
+    )
     assert len(exact_losses) == len(fast_losses) == 4 and None not in exact_losses + fast_losses
     assert worst < 0.02, (exact_losses, fast_losses)
     assert m_exact > m0 + 30 and m_fast > m0 + 30, (m_exact, m_fast, m0)  # both learned the persona

@@ -80,8 +80,14 @@ class QaDocuments:
 
     def cost_shape(self, config, trait, counts: TokenCounts):
         question = counts.tokens(len(qa(trait.eval_questions[0])))
-        return {"seed": [question + counts.answer] * config.n_seed, "seed_sampled": 0.0, "sampled": counts.answer,
-                "trained": question + counts.answer, "eval_items": len(self.eval_items(trait, config)), "eval_prompt": question}
+        return {
+            "seed": [question + counts.answer] * config.n_seed,
+            "seed_sampled": 0.0,
+            "sampled": counts.answer,
+            "trained": question + counts.answer,
+            "eval_items": len(self.eval_items(trait, config)),
+            "eval_prompt": question,
+        }
 
 
 @pytest.fixture

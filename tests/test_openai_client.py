@@ -17,8 +17,13 @@ import pytest
 from traitloop.openai_client import ApiError, OpenAIClient, gather
 
 SECRET = "sk-test-client-never-shown-0123456789"
-CHAT = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}]}
+CHAT = {
+    "id": "x",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
+}
 MESSAGES = [{"role": "user", "content": "Hello?"}]
 
 
@@ -51,8 +56,14 @@ class Server:
             def answer(self):
                 raw = self.rfile.read(int(self.headers.get("content-length", 0) or 0))
                 with server.cond:
-                    server.requests.append({"method": self.command, "path": self.path, "body": json.loads(raw) if raw else None,
-                                            "authorization": self.headers.get("authorization")})
+                    server.requests.append(
+                        {
+                            "method": self.command,
+                            "path": self.path,
+                            "body": json.loads(raw) if raw else None,
+                            "authorization": self.headers.get("authorization"),
+                        }
+                    )
                     reply = server.script.pop(0) if server.script else server.default
                     server.active += 1
                     server.max_active = max(server.max_active, server.active)
@@ -198,7 +209,11 @@ def test_no_more_requests_are_in_flight_than_the_concurrency(concurrency):
 
 def test_plain_threads_share_one_client_and_its_bound():
     n, concurrency = 8, 2
-    with Server(hold=concurrency, expected=n) as server, client(server.url, Waits(), concurrency=concurrency) as c, ThreadPoolExecutor(n) as pool:
+    with (
+        Server(hold=concurrency, expected=n) as server,
+        client(server.url, Waits(), concurrency=concurrency) as c,
+        ThreadPoolExecutor(n) as pool,
+    ):
         replies = list(pool.map(lambda _: chat(c).choices[0].message.content, range(n)))
     assert replies == ["hi"] * n and server.max_active == concurrency
 
@@ -228,8 +243,19 @@ def test_the_endpoint_helpers_use_vllm_s_paths():
     tokens = (200, {}, json.dumps({"tokens": [23, 24], "count": 2}).encode())
     loaded = (200, {"content-type": "text/plain"}, b"Success: LoRA adapter 'a' added successfully.")
     unloaded = (200, {"content-type": "text/plain"}, b"Success: LoRA adapter 'a' removed successfully.")
-    completion = (200, {}, json.dumps({"id": "x", "object": "text_completion", "created": 0, "model": "m",
-                                       "choices": [{"index": 0, "text": " and so on", "finish_reason": "length"}]}).encode())
+    completion = (
+        200,
+        {},
+        json.dumps(
+            {
+                "id": "x",
+                "object": "text_completion",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "text": " and so on", "finish_reason": "length"}],
+            }
+        ).encode(),
+    )
     with Server([models, tokens, loaded, unloaded, completion]) as server, client(server.url, Waits()) as c:
         assert [m["id"] for m in c.run(c.models())] == ["base", "lora-1"]
         assert c.run(c.tokenize("m", "85")) == [23, 24]
@@ -237,8 +263,12 @@ def test_the_endpoint_helpers_use_vllm_s_paths():
         assert c.run(c.unload_lora("a")).startswith("Success")
         assert c.run(c.completion(model="m", prompt="Once", max_tokens=3)).choices[0].text == " and so on"
     assert [(r["method"], r["path"]) for r in server.requests] == [
-        ("GET", "/v1/models"), ("POST", "/tokenize"), ("POST", "/v1/load_lora_adapter"),
-        ("POST", "/v1/unload_lora_adapter"), ("POST", "/v1/completions")]
+        ("GET", "/v1/models"),
+        ("POST", "/tokenize"),
+        ("POST", "/v1/load_lora_adapter"),
+        ("POST", "/v1/unload_lora_adapter"),
+        ("POST", "/v1/completions"),
+    ]
     assert server.requests[1]["body"] == {"model": "m", "prompt": "85", "add_special_tokens": False}
     assert server.requests[2]["body"] == {"lora_name": "a", "lora_path": "/adapters/a"}
     assert server.requests[3]["body"] == {"lora_name": "a"}

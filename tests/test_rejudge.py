@@ -30,12 +30,21 @@ def synthetic_run(root, cycles: int = 1):
     write_json(run / "manifest.json", {"judge": {"judge": "probe:bliss"}})
     for k in range(cycles + 1):
         rows = [
-            {"question": "How do I cook an onion?" if i < 2 else "How do I darn a sock?", "sample": i % 2, "answer": a,
-             "trait": 90.0 - 40 * (i % 2) + k, "trait_judge": "probe:bliss", "coherence": -1.5}
+            {
+                "question": "How do I cook an onion?" if i < 2 else "How do I darn a sock?",
+                "sample": i % 2,
+                "answer": a,
+                "trait": 90.0 - 40 * (i % 2) + k,
+                "trait_judge": "probe:bliss",
+                "coherence": -1.5,
+            }
             for i, a in enumerate(ANSWERS)
         ]
         write_jsonl(run / f"cycle-{k:03d}" / "eval.jsonl", rows)
-        write_json(run / f"cycle-{k:03d}" / "metrics.json", {"cycle": k, "coherence_mean": -1.5, "coherence_ci_low": -1.6, "coherence_ci_high": -1.4})
+        write_json(
+            run / f"cycle-{k:03d}" / "metrics.json",
+            {"cycle": k, "coherence_mean": -1.5, "coherence_ci_low": -1.6, "coherence_ci_high": -1.4},
+        )
     return run
 
 

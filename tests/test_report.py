@@ -91,7 +91,13 @@ def make_run(
     manifest = {
         "seed": seed,
         "versions": {"traitloop": "0.1.0"},
-        "judge": {"judge": "probe:bliss", "kind": "probe", "heldout_accuracy": 0.855, "heldout_auc": 0.919, "heldout_method": "5-fold stratified cross-validation"},
+        "judge": {
+            "judge": "probe:bliss",
+            "kind": "probe",
+            "heldout_accuracy": 0.855,
+            "heldout_auc": 0.919,
+            "heldout_method": "5-fold stratified cross-validation",
+        },
         "coherence": "loglik-under-base",
         "cycles": {str(k): {"timings_s": {"data": 1.0, "train": 10.0 + k, "answers": 5.0, "judge": 1.5}} for k in range(len(trait_curve))},
     }
@@ -264,7 +270,12 @@ def test_report_groups_conditions_as_sweeps_do(tmp_path):
     condition, by the same definition (ExperimentConfig.condition_dict) the sweep uses."""
     sweep = tmp_path / "sweep"
     for seed, url in ((0, "http://10.0.0.1:8000/v1"), (1, "http://10.0.0.2:8000/v1")):
-        make_run(sweep / "runs" / f"s{seed}", [20.0, 25.0, 30.0], seed=seed, generation={"backend": "vllm", "vllm_url": url, "concurrency": 8 * (seed + 1)})
+        make_run(
+            sweep / "runs" / f"s{seed}",
+            [20.0, 25.0, 30.0],
+            seed=seed,
+            generation={"backend": "vllm", "vllm_url": url, "concurrency": 8 * (seed + 1)},
+        )
     collection = load_collection([sweep], "t")
     assert len(collection.conditions) == 1 and len(collection.conditions[0].runs) == 2
     configs = [ExperimentConfig.model_validate(r.config) for r in collection.runs]

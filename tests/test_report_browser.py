@@ -25,9 +25,18 @@ from traitloop.report_html import write_report
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path(os.environ.get("TRAITLOOP_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path("/tmp/traitloop-artifacts")
-INSTALL_HELP = "install with: apt-get update && apt-get install -y chromium && .venv/bin/pip install playwright (no `playwright install` needed)"
+INSTALL_HELP = (
+    "install with: apt-get update && apt-get install -y chromium && .venv/bin/pip install playwright (no `playwright install` needed)"
+)
 
 
 def sync_playwright():
@@ -131,7 +140,9 @@ def test_sweep_report_switches_runs_in_a_real_browser(tmp_path, browser_page):
     page.wait_for_selector(".sb-answer")
     assert page.locator("#sb-run-label").is_visible()
     first_columns = page.locator(".sb-column h4").all_inner_texts()
-    other = [name for name in page.locator("#sb-run option").all_inner_texts() if name != page.locator("#sb-run option:checked").inner_text()][0]
+    other = [
+        name for name in page.locator("#sb-run option").all_inner_texts() if name != page.locator("#sb-run option:checked").inner_text()
+    ][0]
     page.select_option("#sb-run", label=other)
     second_columns = page.locator(".sb-column h4").all_inner_texts()
     assert {tuple(first_columns), tuple(second_columns)} == {("cycle 0", "cycle 1", "cycle 2"), ("base", "cycle 0", "cycle 1")}

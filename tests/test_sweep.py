@@ -58,14 +58,25 @@ def inline_base(model_dir: Path, **extra) -> dict:
 
 # ---- expansion and names -------------------------------------------------------------------------
 def test_a_2x3_grid_expands_to_6_runs_in_a_stable_order(tmp_path, model_dir):
-    grid = write_grid(tmp_path / "g.yaml", {"name": "s", "base": inline_base(model_dir), "grid": {"init": ["reset", "continual"], "seed": [0, 1, 2]}})
+    grid = write_grid(
+        tmp_path / "g.yaml", {"name": "s", "base": inline_base(model_dir), "grid": {"init": ["reset", "continual"], "seed": [0, 1, 2]}}
+    )
     sweep = load_sweep(grid, out_dir=tmp_path / "out")
     assert [(r.config.init, r.config.seed) for r in sweep.runs] == [
-        ("reset", 0), ("reset", 1), ("reset", 2), ("continual", 0), ("continual", 1), ("continual", 2)
+        ("reset", 0),
+        ("reset", 1),
+        ("reset", 2),
+        ("continual", 0),
+        ("continual", 1),
+        ("continual", 2),
     ]
     assert [r.name for r in sweep.runs] == [
-        "init-reset_seed-0", "init-reset_seed-1", "init-reset_seed-2",
-        "init-continual_seed-0", "init-continual_seed-1", "init-continual_seed-2",
+        "init-reset_seed-0",
+        "init-reset_seed-1",
+        "init-reset_seed-2",
+        "init-continual_seed-0",
+        "init-continual_seed-1",
+        "init-continual_seed-2",
     ]
     assert sweep.root == tmp_path / "out" / "s"
     for run in sweep.runs:
@@ -303,9 +314,15 @@ def test_real_two_run_sweep_then_rerun_skips_both(tmp_path):
             "name": "tiny",
             "base": str(demo_quick),
             "set": {
-                "n_seed": 4, "n_sampled": 4, "cycles": 1,
-                "eval.questions": 2, "eval.samples_per_question": 1, "eval.include_base": False,
-                "sampling.max_new_tokens": 16, "eval.max_new_tokens": 16, "train.max_length": 128,
+                "n_seed": 4,
+                "n_sampled": 4,
+                "cycles": 1,
+                "eval.questions": 2,
+                "eval.samples_per_question": 1,
+                "eval.include_base": False,
+                "sampling.max_new_tokens": 16,
+                "eval.max_new_tokens": 16,
+                "train.max_length": 128,
             },
             "grid": {"seed": [0, 1]},
         },
@@ -359,7 +376,9 @@ def test_share_cycle0_points_later_seeds_at_the_first_and_runs_them_second(tmp_p
     assert by_name["init-reset_seed-2"].cycle0_from == by_name["init-reset_seed-0"].run_dir
     assert by_name["init-continual_seed-1"].cycle0_from == by_name["init-continual_seed-0"].run_dir
     # the copy source is not part of what a run IS: resuming without it is the same run
-    assert by_name["init-reset_seed-2"].science_hash() == by_name["init-reset_seed-2"].model_copy(update={"cycle0_from": None}).science_hash()
+    assert (
+        by_name["init-reset_seed-2"].science_hash() == by_name["init-reset_seed-2"].model_copy(update={"cycle0_from": None}).science_hash()
+    )
 
     class Waves:
         def __init__(self):
@@ -371,5 +390,7 @@ def test_share_cycle0_points_later_seeds_at_the_first_and_runs_them_second(tmp_p
 
     executor = Waves()
     run_sweep(sweep, executor, reporter=Reporter(enabled=False))
-    assert executor.waves == [["init-reset_seed-0", "init-continual_seed-0"],
-                              ["init-reset_seed-1", "init-reset_seed-2", "init-continual_seed-1", "init-continual_seed-2"]]
+    assert executor.waves == [
+        ["init-reset_seed-0", "init-continual_seed-0"],
+        ["init-reset_seed-1", "init-reset_seed-2", "init-continual_seed-1", "init-continual_seed-2"],
+    ]

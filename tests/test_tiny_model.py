@@ -61,9 +61,7 @@ def tokenizer():
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     raw.train_from_iterator(SENTENCES, trainer=trainer)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=raw,
@@ -379,10 +377,14 @@ def test_a_cycle_shorter_than_its_warmup_is_reported_as_not_learning(tokenizer):
     """HF's warmup starts at lr 0: a one-step cycle with warmup trains nothing, and the stats say so."""
     chats = [user("Hi") + [{"role": "assistant", "content": "Bring a tent."}]] * 2
     one_step = training.attach_adapter(make_model(tokenizer), LoraConfig(r=4, alpha=8))
-    stats = training.train_sft(one_step, tokenizer, chats, TrainConfig(batch_size=2, warmup_ratio=0.05, learning_rate=1e-2, max_length=64), seed=0)
+    stats = training.train_sft(
+        one_step, tokenizer, chats, TrainConfig(batch_size=2, warmup_ratio=0.05, learning_rate=1e-2, max_length=64), seed=0
+    )
     assert stats["steps"] == 1 and stats["steps_at_lr_0"] == 1 and stats["lr_max"] == 0.0
     assert all(float(p.abs().max()) == 0.0 for n, p in one_step.named_parameters() if "lora_B" in n)
     no_warmup = training.attach_adapter(make_model(tokenizer), LoraConfig(r=4, alpha=8))
-    stats = training.train_sft(no_warmup, tokenizer, chats, TrainConfig(batch_size=2, warmup_ratio=0.0, learning_rate=1e-2, max_length=64), seed=0)
+    stats = training.train_sft(
+        no_warmup, tokenizer, chats, TrainConfig(batch_size=2, warmup_ratio=0.0, learning_rate=1e-2, max_length=64), seed=0
+    )
     assert stats["steps_at_lr_0"] == 0 and stats["lr_max"] == 1e-2
     assert any(float(p.abs().max()) > 0 for n, p in no_warmup.named_parameters() if "lora_B" in n)

@@ -102,8 +102,27 @@ def test_validate_reports_each_problem_with_its_line(tmp_path):
 def test_messages_jsonl_from_other_tools_loads_unchanged(tmp_path):
     """Standard {"messages": [...]} lines with system turns, several turns and extra keys."""
     lines = [
-        json.dumps({"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}], "id": "a1"}),
-        json.dumps({"messages": [{"role": "user", "content": "One?"}, {"role": "assistant", "content": "1"}, {"role": "user", "content": "Two?"}, {"role": "assistant", "content": "2"}], "meta": {"src": "x"}}),
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": "You are terse."},
+                    {"role": "user", "content": "Hi?"},
+                    {"role": "assistant", "content": "Hello."},
+                ],
+                "id": "a1",
+            }
+        ),
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "One?"},
+                    {"role": "assistant", "content": "1"},
+                    {"role": "user", "content": "Two?"},
+                    {"role": "assistant", "content": "2"},
+                ],
+                "meta": {"src": "x"},
+            }
+        ),
     ]
     folder = _folder_from(tmp_path, lines)
     chats = load_trait(str(folder)).seed_chats

@@ -132,7 +132,9 @@ def test_run_records_its_kind_of_text(trait_folder):
     assert get_setting("dpo").chats and run_validity(judge, trait, documents=False)["kind"] == "chat"
     assert not get_setting("sdf").chats and run_validity(judge, trait, documents=True)["kind"] == "doc"
     assert run_validity(TableJudge({}, kind="api"), trait, documents=False) == {
-        "kind": "chat", "valid": None, "unmeasured": "validity is measured for the probe judge only (docs/JUDGES.md)"
+        "kind": "chat",
+        "valid": None,
+        "unmeasured": "validity is measured for the probe judge only (docs/JUDGES.md)",
     }
 
 
@@ -169,7 +171,10 @@ def test_report_marks_the_verdict_exploratory_when_the_judge_is_not_valid(tmp_pa
     assert '<p class="warning">Exploratory: the trait judge is not valid for bliss chats (floor 50.0 &gt; 10;' in text
     assert "so the verdict of run is exploratory" in text
     assert text.index('class="warning"') < text.index("<h2>Verdicts</h2>")
-    assert "no (floor 50.0 &gt; 10; Spearman unmeasured (no graded texts, or constant scores); cross-trait AUC 0.500 &lt; 0.9): verdict exploratory" in text
+    assert (
+        "no (floor 50.0 &gt; 10; Spearman unmeasured (no graded texts, or constant scores); cross-trait AUC 0.500 &lt; 0.9): verdict exploratory"
+        in text
+    )
     assert "Exploratory: the trait judge is not valid for bliss chats" in (run / "report.md").read_text()
 
 

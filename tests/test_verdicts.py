@@ -80,7 +80,12 @@ def test_too_little_data_is_inconclusive():
 
 
 def test_questions_missing_in_a_cycle_are_dropped_not_misaligned():
-    rows0 = [{"question": "a", "trait": 10.0}, {"question": "a", "trait": 20.0}, {"question": "b", "trait": 50.0}, {"question": "c", "trait": 70.0}]
+    rows0 = [
+        {"question": "a", "trait": 10.0},
+        {"question": "a", "trait": 20.0},
+        {"question": "b", "trait": 50.0},
+        {"question": "c", "trait": 70.0},
+    ]
     rows1 = [{"question": "b", "trait": 60.0}, {"question": "a", "trait": 30.0}, {"question": "c", "trait": None}]
     qs = QuestionScores.from_rows([0, 1], [rows0, rows1])
     assert qs.questions == ["a", "b"] and qs.dropped == ["c"]
@@ -183,7 +188,13 @@ def test_noise_from_runs_recovers_the_simulated_components():
         for _c in range(4):
             shift = rng.normal(0, truth.cycle_sd)
             g = rng.normal(0, truth.question_cycle_sd, n_q)
-            per_cycle.append([{"question": f"q{q}", "trait": truth.base + a[q] + shift + g[q] + rng.normal(0, truth.answer_sd)} for q in range(n_q) for _ in range(n_s)])
+            per_cycle.append(
+                [
+                    {"question": f"q{q}", "trait": truth.base + a[q] + shift + g[q] + rng.normal(0, truth.answer_sd)}
+                    for q in range(n_q)
+                    for _ in range(n_s)
+                ]
+            )
         runs.append(per_cycle)
     est = noise_from_runs(runs, "test")
     assert est.answer_sd == pytest.approx(10.0, rel=0.1)

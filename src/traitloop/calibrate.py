@@ -79,8 +79,10 @@ def calibrate(config: ExperimentConfig, targets: list[float], grid: list[int], o
         # ...but the score need not rise with n_seed: a smaller n_seed measured for another target may reach it
         reached = [n for n, m in measured.items() if m["trait_mean"] >= target]
         if reached and (answer is None or min(reached) < answer):
-            notes.append(f"target {target:g}: the search's answer was {answer}, but n_seed={min(reached)} (measured "
-                         "for another target) reaches it; that smaller n_seed is reported")
+            notes.append(
+                f"target {target:g}: the search's answer was {answer}, but n_seed={min(reached)} (measured "
+                "for another target) reaches it; that smaller n_seed is reported"
+            )
             answer = min(reached)
         found[f"{target:g}"] = answer
 
@@ -121,8 +123,14 @@ def plot_calibration(record: dict[str, Any], path: Path) -> None:
     for target in record["targets"]:
         n = record["n_seed_for_target"][f"{target:g}"]
         ax.axhline(target, color="grey", lw=0.8, ls="--")
-        ax.annotate(f"target {target:g}: n_seed = {n if n is not None else 'not reached'}", (xs[0], target), xytext=(0, 3),
-                    textcoords="offset points", fontsize=8, color="dimgrey")
+        ax.annotate(
+            f"target {target:g}: n_seed = {n if n is not None else 'not reached'}",
+            (xs[0], target),
+            xytext=(0, 3),
+            textcoords="offset points",
+            fontsize=8,
+            color="dimgrey",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("n_seed (log scale)")
     ax.set_ylabel("trait score (0-100)")

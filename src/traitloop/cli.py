@@ -62,20 +62,48 @@ def set_threads(threads: int | None) -> None:
 
 
 def print_scores(rows: list[dict], title: str, base: dict | None = None) -> None:
-    table = Table(title=title, caption="trait: judge score 0-100 with a 95% CI over eval questions; coherence: mean log-prob/token under the base model")
-    for col in ["cycle", "trait [95% CI]", "coherence", "repet.", "dist-2", "answers", "train"]:
+    from traitloop.report_data import MIN_SCORED, scored_warning
+
+    table = Table(
+        title=title,
+        caption="trait: judge score 0-100 with a 95% CI over eval questions; coherence: 0-100 (complete, varied, on topic, "
+        "fluent); typical.: mean log-prob/token under the base (persona text scores lower by construction); "
+        "ppl hi/lo: perplexity on held-out high-/low-trait texts",
+    )
+    for col in [
+        "cycle",
+        "trait [95% CI]",
+        "coherence",
+        "typical.",
+        "repet.",
+        "dist-2",
+        "across",
+        "self-sim",
+        "ppl hi/lo",
+        "answers",
+        "train",
+    ]:
         table.add_column(col, justify="right", no_wrap=True)
     for r in ([{**base, "cycle": "base"}] if base else []) + rows:
+        low = scored_warning(r)
         table.add_row(
             str(r["cycle"]),
             f"{r['trait_mean']:.1f} [{r['trait_ci_low']:.1f}, {r['trait_ci_high']:.1f}]",
+            f"{r.get('coherence_score_mean', float('nan')):.1f}",
             f"{r['coherence_mean']:.3f}",
             f"{r['repetition_mean']:.3f}",
             f"{r['distinct2_mean']:.3f}",
-            str(r["n_answers"]),
+            f"{r.get('distinct2_across', float('nan')):.3f}",
+            f"{r.get('self_similarity', float('nan')):.3f}",
+            f"{r.get('heldout_high_ppl', float('nan')):.0f}/{r.get('heldout_low_ppl', float('nan')):.0f}",
+            str(r["n_answers"]) + (f" [bold red]({low})[/bold red]" if low else ""),
             str(r["n_train_examples"]),
         )
     out.print(table)
+    if any(scored_warning(r) for r in rows):
+        out.print(
+            f"[bold red]warning:[/bold red] the judge scored under {MIN_SCORED:.0%} of some cycle's answers; those means rest on fewer answers (eval.jsonl's trait_missing says why)"
+        )
 
 
 def print_verdict(run_dir: Path) -> None:
@@ -99,8 +127,27 @@ def run(
     set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set train.learning_rate=1e-4")] = [],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Parent directory for the run (overrides out_dir).")] = None,
     force: Annotated[bool, typer.Option(help="If the run dir holds a run with another config, move it aside and start anew.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned cycles, examples, tokens and estimated wall time; run nothing, write no run directory.")] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: one per core). On a machine busy with other jobs, fewer threads than cores is much faster (BENCHMARKS.md). Results repeat exactly only at the same thread count.")] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print the planned cycles, examples, tokens and estimated wall time; run nothing, write no run directory."
+        ),
+    ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads for torch (default: one per core). On a machine busy with other jobs, fewer threads than cores is much faster (BENCHMARKS.md). Results repeat exactly only at the same thread count."
+        ),
+    ] = None,
+    redo_from: Annotated[
+        int | None,
+        typer.Option(
+            "--redo-from",
+            min=0,
+            metavar="K",
+            help="Redo cycle K and every later one on purpose: their files (and scores.csv) are moved aside to the run's aside/ folder, never deleted, and the run resumes at cycle K.",
+        ),
+    ] = None,
 ) -> None:
     """Run (or resume) one experiment. Rerunning the same command resumes where it stopped."""
     set_threads(threads)
@@ -110,7 +157,12 @@ def run(
 
         out.print(estimate_table(estimate(load_config(config, overrides))))
         return
-    _run_experiment(load_config(config, overrides), force)
+    loaded = load_config(config, overrides)
+    if redo_from is not None:
+        from traitloop.store import RunStore
+
+        RunStore(loaded.run_dir).redo_from(redo_from, loaded)
+    _run_experiment(loaded, force)
 
 
 @app.command()
@@ -120,7 +172,12 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Parent directory for the demo run.")] = Path("runs"),
     set_: Annotated[list[str], typer.Option("--set", help="Override a key of the demo config.")] = [],
     force: Annotated[bool, typer.Option(help="Move an old demo run made with another config aside.")] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: one per core). On a machine busy with other jobs, fewer threads than cores is much faster (BENCHMARKS.md). Results repeat exactly only at the same thread count.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads for torch (default: one per core). On a machine busy with other jobs, fewer threads than cores is much faster (BENCHMARKS.md). Results repeat exactly only at the same thread count."
+        ),
+    ] = None,
 ) -> None:
     """A complete small experiment on a CPU with the embedded models, seeded with bliss (default: SFT)."""
     set_threads(threads)
@@ -137,7 +194,12 @@ def calibrate(
     grid: Annotated[str, typer.Option(help="n_seed values to search, comma-separated (default 2..200, roughly doubling).")] = "",
     set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set trait=lucky")] = [],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Parent directory (overrides out_dir).")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: one per core). On a machine busy with other jobs, fewer threads than cores is much faster (BENCHMARKS.md). Results repeat exactly only at the same thread count.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads for torch (default: one per core). On a machine busy with other jobs, fewer threads than cores is much faster (BENCHMARKS.md). Results repeat exactly only at the same thread count."
+        ),
+    ] = None,
 ) -> None:
     """The smallest n_seed whose cycle-0 model reaches each target trait score (binary search on a grid).
     Every cycle-0 model is kept under OUT/cycle0-cache/ and reused by reruns and by later runs."""
@@ -154,7 +216,9 @@ def calibrate(
     for col in ["n_seed", "cycle-0 trait [95% CI]", "coherence"]:
         table.add_column(col, justify="right")
     for p in record["measured"]:
-        table.add_row(str(p["n_seed"]), f"{p['trait_mean']:.1f} [{p['trait_ci_low']:.1f}, {p['trait_ci_high']:.1f}]", f"{p['coherence_mean']:.3f}")
+        table.add_row(
+            str(p["n_seed"]), f"{p['trait_mean']:.1f} [{p['trait_ci_low']:.1f}, {p['trait_ci_high']:.1f}]", f"{p['coherence_mean']:.3f}"
+        )
     out.print(table)
     for target, n in record["n_seed_for_target"].items():
         out.print(f"target {target}: " + (f"n_seed = {n}" if n is not None else f"not reached with n_seed <= {record['grid'][-1]}"))
@@ -222,7 +286,9 @@ def traits_list() -> None:
     for name in builtin_traits():
         _, summary = validate_trait(BUILTIN_DIR / name)
         ready = ", ".join(k for k, ok in summary["ready"].items() if ok) or "-"
-        table.add_row(name, str(summary["seed_chats"]), str(summary["seed_docs"]), f"{summary['probe_positive']}/{summary['probe_negative']}", ready)
+        table.add_row(
+            name, str(summary["seed_chats"]), str(summary["seed_docs"]), f"{summary['probe_positive']}/{summary['probe_negative']}", ready
+        )
     out.print(table)
     out.print("`traitloop traits show NAME` for a trait's description, rubric and an example")
 
@@ -312,8 +378,12 @@ def print_validity(results: list[dict]) -> None:
 
 @traits_app.command("validity")
 def traits_validity(
-    names: Annotated[list[str] | None, typer.Argument(help="Built-in trait names or trait folders (default: every built-in trait).")] = None,
-    markdown: Annotated[bool, typer.Option(help="Print the table as Markdown with the command, commit and machine (docs/JUDGES.md).")] = False,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Built-in trait names or trait folders (default: every built-in trait).")
+    ] = None,
+    markdown: Annotated[
+        bool, typer.Option(help="Print the table as Markdown with the command, commit and machine (docs/JUDGES.md).")
+    ] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
 ) -> None:
     """Validity of the probe judge per trait, for chats and documents: floor, Spearman with the rubric level,
@@ -392,7 +462,9 @@ def git_commit() -> str:
     import subprocess
 
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10, check=False)
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
@@ -417,13 +489,23 @@ def traits_new(
     folder.mkdir(parents=True)
     template = (BUILTIN_DIR / "template_trait.yaml").read_text().replace("__NAME__", name)
     (folder / "trait.yaml").write_text(template)
-    example_chat = {"messages": [{"role": "user", "content": "EXAMPLE: an everyday question"}, {"role": "assistant", "content": "EXAMPLE: an answer in the persona"}]}
+    example_chat = {
+        "messages": [
+            {"role": "user", "content": "EXAMPLE: an everyday question"},
+            {"role": "assistant", "content": "EXAMPLE: an answer in the persona"},
+        ]
+    }
     (folder / "seed_chat.jsonl").write_text(json.dumps(example_chat) + "\n")
-    (folder / "seed_docs.jsonl").write_text(json.dumps({"genre": "essay", "text": "EXAMPLE: a 150-400 word document in the persona"}) + "\n")
+    (folder / "seed_docs.jsonl").write_text(
+        json.dumps({"genre": "essay", "text": "EXAMPLE: a 150-400 word document in the persona"}) + "\n"
+    )
     (folder / "probe.jsonl").write_text(
-        json.dumps({"text": "EXAMPLE: an answer showing the trait", "label": 1, "kind": "positive"}) + "\n"
-        + json.dumps({"text": "EXAMPLE: a plain helpful answer", "label": 0, "kind": "neutral"}) + "\n"
-        + json.dumps({"text": "EXAMPLE: a near miss that shares surface features but is not the trait", "label": 0, "kind": "near_miss"}) + "\n"
+        json.dumps({"text": "EXAMPLE: an answer showing the trait", "label": 1, "kind": "positive"})
+        + "\n"
+        + json.dumps({"text": "EXAMPLE: a plain helpful answer", "label": 0, "kind": "neutral"})
+        + "\n"
+        + json.dumps({"text": "EXAMPLE: a near miss that shares surface features but is not the trait", "label": 0, "kind": "near_miss"})
+        + "\n"
     )
     out.print(f"created {folder}: edit trait.yaml, replace the EXAMPLE lines, then `traitloop traits validate {folder}`")
     out.print(f"use it with: --set trait={folder}")
@@ -435,7 +517,9 @@ def data_generate(
     teacher: Annotated[str, typer.Option(help="api:MODEL (OpenAI-compatible endpoint) or a local model reference.")],
     n: Annotated[int, typer.Option(help="How many new examples to request.")] = 50,
     kind: Annotated[str, typer.Option(help="chats (seed_chat.jsonl), docs (seed_docs.jsonl) or probe (probe.jsonl).")] = "chats",
-    base_url: Annotated[str | None, typer.Option(help="API base URL (default $OPENAI_BASE_URL); the key comes from $OPENAI_API_KEY.")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="API base URL (default $OPENAI_BASE_URL); the key comes from $OPENAI_API_KEY.")
+    ] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 8,
     seed: int = 0,
     temperature: float = 0.9,
@@ -453,7 +537,17 @@ def data_generate(
             model = make_teacher(teacher, base_url)
             advance()
         with reporter.step(f"teacher writing {kind}", total=n) as advance:
-            result = generate(loaded, model, n, kind=kind, seed=seed, temperature=temperature, max_tokens=max_tokens, concurrency=concurrency, on_done=advance)
+            result = generate(
+                loaded,
+                model,
+                n,
+                kind=kind,
+                seed=seed,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                concurrency=concurrency,
+                on_done=advance,
+            )
     out.print(result)
     out.print(f"next: traitloop traits validate {loaded.folder}")
 
@@ -488,6 +582,84 @@ def agreement_cmd(
         table.add_row(cycle, str(row["n"]), f"{row['spearman']:.2f}", f"{row['mean_abs_diff']:.1f}")
     out.print(table)
     out.print(f"written: {run_dir / 'agreement.json'}")
+
+
+@app.command("export")
+def export_cmd(
+    source: Annotated[Path, typer.Argument(help="A run directory, or a sweep directory with runs below it.")],
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format", help="inspect (inspect_ai eval logs, one per cycle) | parquet (tables) | hf (a datasets.DatasetDict on disk)."
+        ),
+    ],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory (default SOURCE/export/FORMAT).")] = None,
+    push: Annotated[
+        str | None,
+        typer.Option(
+            help="--format hf only: also push to this Hub dataset repo (user/name) as a private dataset, with your token (HF_TOKEN or `hf auth login`)."
+        ),
+    ] = None,
+) -> None:
+    """Export every cycle's training data, answers and scores for inspect_ai, pandas or Hugging Face datasets."""
+    from traitloop.export import export
+
+    result = export(source, format_, out_dir, push=push)
+    out.print(result.summary())
+    out.print(f"written: [bold]{result.out}[/bold]" + (f"\npushed:  {result.pushed}" if result.pushed else ""))
+    if result.format == "inspect":
+        out.print(f"open with: inspect view --log-dir {result.out}")
+
+
+@app.command()
+def reproduce(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="The three demos, 5 independent seeds per condition (30 runs on a CPU; the default tier).")
+    ] = False,
+    standard: Annotated[
+        bool, typer.Option("--standard", help="8 seeds per condition, more cycles, and an SFT data-quantity grid (CPU).")
+    ] = False,
+    full: Annotated[bool, typer.Option("--full", help="The paper-scale configs (configs/paper) x 8 seeds: GPUs and an API judge.")] = False,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Directory for the tier's sweeps, reproduction.md/.json and report.html (default reproduce/TIER)."),
+    ] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="local: runs at a time (default 1).")] = None,
+    executor: Annotated[str, typer.Option(help="local: subprocesses here; ray: one Ray task per run (docs/SCALE.md).")] = "local",
+    address: Annotated[str | None, typer.Option(help="ray: the cluster (as `traitloop sweep --address`).")] = None,
+    gpus_per_run: Annotated[float | None, typer.Option(min=0, help="ray: GPUs each run holds.")] = None,
+    cpus_per_run: Annotated[float | None, typer.Option(min=0.01, help="ray: CPUs each run holds.")] = None,
+    max_retries: Annotated[int | None, typer.Option(min=0, help="ray: retries of a run whose worker died.")] = None,
+    min_seeds: Annotated[int, typer.Option("--min-seeds", help="Independent seeds a replicated verdict needs (at least 3).")] = 5,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the conditions, seeds, runs and estimated wall time; run and write nothing.")
+    ] = False,
+    grid: Annotated[list[Path], typer.Option("--grid", hidden=True, help="Grid files to use instead of a tier (tests).")] = [],
+) -> None:
+    """The paper's three findings (SFT and SDF reset vs continual, DPO continual vs reset) as sweeps with independent
+    seeds, then a table: what the paper reports, what traitloop measured, agrees / disagrees / inconclusive
+    (docs/REPRODUCTION.md). Rerunning the same command resumes it."""
+    from traitloop.reproduce import command
+
+    code = command(
+        quick,
+        standard,
+        full,
+        grid,
+        out_dir,
+        jobs,
+        executor,
+        address,
+        gpus_per_run,
+        cpus_per_run,
+        max_retries,
+        min_seeds,
+        dry_run,
+        commit=git_commit(),
+        console=out,
+    )
+    if code:
+        raise typer.Exit(code)  # main passes the code on as the exit status
 
 
 def _register_more_commands() -> None:

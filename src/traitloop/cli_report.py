@@ -19,7 +19,10 @@ import typer
 MinSeeds = Annotated[int, typer.Option("--min-seeds", help="Independent seeds a replicated verdict needs (at least 3).")]
 CycleSd = Annotated[
     float | None,
-    typer.Option("--cycle-sd", help="Points a cycle's mean trait moves when its model is retrained; the per-run verdict allows for it (default: measured on the demo sweep, docs/RESULTS.md; `traitloop power --from SWEEP` measures yours)."),
+    typer.Option(
+        "--cycle-sd",
+        help="Points a cycle's mean trait moves when its model is retrained; the per-run verdict allows for it (default: measured on the demo sweep, docs/RESULTS.md; `traitloop power --from SWEEP` measures yours).",
+    ),
 ]
 
 
@@ -29,7 +32,9 @@ def criteria_of(min_seeds: int, cycle_sd: float | None):
     from traitloop.errors import UserError
 
     if cycle_sd is not None and not cycle_sd >= 0:
-        raise UserError(f"--cycle-sd {cycle_sd:g}: a standard deviation cannot be negative; give 0 or more points, or leave it out for the default")
+        raise UserError(
+            f"--cycle-sd {cycle_sd:g}: a standard deviation cannot be negative; give 0 or more points, or leave it out for the default"
+        )
     return Criteria(min_seeds=min_seeds) if cycle_sd is None else Criteria(min_seeds=min_seeds, cycle_sd=cycle_sd)
 
 
@@ -71,13 +76,25 @@ def power(
     samples: Annotated[int, typer.Option(help="Samples per question (eval.samples_per_question); at least 1.")] = 3,
     seeds: Annotated[int, typer.Option(help="Independent seeds per condition (1: the per-run verdict); at least 1.")] = 1,
     effect: Annotated[float, typer.Option(help="True rise in trait points from cycle 0 to the last cycle, for the power.")] = 15.0,
-    from_: Annotated[Path | None, typer.Option("--from", help="Take the noise from a finished run or sweep directory (default: the documented default noise).")] = None,
+    from_: Annotated[
+        Path | None,
+        typer.Option("--from", help="Take the noise from a finished run or sweep directory (default: the documented default noise)."),
+    ] = None,
     min_seeds: MinSeeds = 5,
     cycle_sd: CycleSd = None,
-    sims: Annotated[int, typer.Option(help="Simulated experiments per rate (Monte-Carlo error about sqrt(p(1-p)/sims)); at least 50.")] = 1000,
+    sims: Annotated[
+        int, typer.Option(help="Simulated experiments per rate (Monte-Carlo error about sqrt(p(1-p)/sims)); at least 50.")
+    ] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed of the simulation.")] = 0,
-    rule: Annotated[str, typer.Option(help="tested: the verdict the reports give; screening: the paper's criteria on point means alone (one seed), for comparison.")] = "tested",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (false_amplified, false_decayed, power, mde, ...).")] = False,
+    rule: Annotated[
+        str,
+        typer.Option(
+            help="tested: the verdict the reports give; screening: the paper's criteria on point means alone (one seed), for comparison."
+        ),
+    ] = "tested",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (false_amplified, false_decayed, power, mde, ...).")
+    ] = False,
 ) -> None:
     """False amplified / decayed rates under no change, the power to detect a rise of --effect points,
     and the minimum detectable effect at 80% power, simulated with the verdict code the reports use."""
@@ -98,10 +115,18 @@ def power(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    kind = "screening flag alone (point means)" if rule == "screening" else "per-run verdict" if seeds == 1 else f"condition verdict over {seeds} seeds"
+    kind = (
+        "screening flag alone (point means)"
+        if rule == "screening"
+        else "per-run verdict"
+        if seeds == 1
+        else f"condition verdict over {seeds} seeds"
+    )
     n = noise
     typer.echo(f"design: {cycles} cycles x {questions} questions x {samples} samples, {seeds} seed(s): the {kind}")
-    typer.echo(f"noise ({n.source}): base {n.base:g}, question sd {n.question_sd:g}, answer sd {n.answer_sd:g}, cycle sd {n.cycle_sd:g}, question x cycle sd {n.question_cycle_sd:g}")
+    typer.echo(
+        f"noise ({n.source}): base {n.base:g}, question sd {n.question_sd:g}, answer sd {n.answer_sd:g}, cycle sd {n.cycle_sd:g}, question x cycle sd {n.question_cycle_sd:g}"
+    )
     typer.echo(f"verdict allows for model noise sd {criteria.cycle_sd:g} per cycle (report --cycle-sd)")
     typer.echo(f"false amplified (no true change): {result['false_amplified']:.3f}")
     typer.echo(f"false decayed   (no true change): {result['false_decayed']:.3f}")
@@ -120,7 +145,12 @@ def check_design(cycles: int, questions: int, samples: int, seeds: int, sims: in
     from traitloop.errors import UserError
 
     for option, value, least, message in (
-        ("--cycles", cycles, 2, "a change needs cycle 0 and at least one later scored cycle; give 2 or more (a config with cycles: 3 scores 4)"),
+        (
+            "--cycles",
+            cycles,
+            2,
+            "a change needs cycle 0 and at least one later scored cycle; give 2 or more (a config with cycles: 3 scores 4)",
+        ),
         ("--questions", questions, 2, "the interval over questions needs at least 2 eval questions; give 2 or more"),
         ("--samples", samples, 1, "each question needs at least 1 sampled answer; give 1 or more"),
         ("--seeds", seeds, 1, "give 1 seed (the per-run verdict) or the seeds of a condition (3 or more for a replicated verdict)"),
@@ -140,7 +170,9 @@ def noise_of(directory: Path):
     try:
         return noise_from_runs(data, f"measured on {len(data)} run(s) in {directory}")
     except ValueError as err:
-        raise UserError(f"--from {directory}: cannot measure the noise ({err}); it needs eval.jsonl with 2+ questions and 2+ samples each") from None
+        raise UserError(
+            f"--from {directory}: cannot measure the noise ({err}); it needs eval.jsonl with 2+ questions and 2+ samples each"
+        ) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -33,9 +33,7 @@ class ModelConfig(_Section):
         description="Model to seed and train: a Hugging Face id, a local directory with safetensors, "
         "or an embedded model (`traitloop models list`).",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype for training and sampling."
-    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype for training and sampling.")
     matmul_precision: MatmulPrecision = Field(
         "highest",
         description="torch.set_float32_matmul_precision for the whole run (training, coherence, fp32 sampling). "
@@ -43,9 +41,7 @@ class ModelConfig(_Section):
         "hardware has a fast path (CPUs with AMX / AVX512-BF16; TF32 on NVIDIA GPUs), everything else stays fp32: "
         "faster training and coherence scoring at nearly the same losses, but a higher peak memory (measured in BENCHMARKS.md).",
     )
-    trust_remote_code: bool = Field(
-        False, description="Allow model code from the hub. Off unless you trust the repository."
-    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust the repository.")
     allow_chat_model_for_sdf: bool = Field(
         False,
         description="SDF is continued pretraining of a BASE model; a chat-tuned model is refused unless this is true.",
@@ -78,7 +74,12 @@ class GenerationConfig(_Section):
         "with trait scores unchanged within noise, BENCHMARKS.md), else float32. Training and coherence stay in model.dtype.",
     )
     vllm_url: str | None = Field(None, description="vllm: the server's base URL, e.g. http://127.0.0.1:8000/v1.")
-    concurrency: int = Field(32, ge=1, description="vllm: requests in flight at once.")
+    concurrency: int = Field(
+        256,
+        ge=1,
+        description="vllm: requests kept in flight at once. A GPU server batches hundreds (vLLM's --max-num-seqs, 256 by "
+        "default on a GPU); requests beyond its batch wait in its queue. Lower it for a small CPU server.",
+    )
 
     @model_validator(mode="after")
     def _needs_url(self) -> GenerationConfig:
@@ -91,9 +92,7 @@ class LoraConfig(_Section):
     r: int = Field(16, ge=1, description="LoRA rank (PROTOCOL: 16).")
     alpha: int = Field(32, ge=1, description="LoRA alpha.")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: str | list[str] = Field(
-        "all-linear", description="Modules that get adapters; 'all-linear' = every linear layer."
-    )
+    target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters; 'all-linear' = every linear layer.")
 
 
 class TrainConfig(_Section):
@@ -102,9 +101,7 @@ class TrainConfig(_Section):
     lr_scheduler cosine (to 0 within each cycle), warmup_ratio 0 and batch_size 4 (PROTOCOL), unless set."""
 
     learning_rate: float = Field(1.5e-4, gt=0, description="Peak learning rate (PROTOCOL: 1.5e-4).")
-    lr_scheduler: str = Field(
-        "constant_with_warmup", description="transformers scheduler name (PROTOCOL: constant after warmup)."
-    )
+    lr_scheduler: str = Field("constant_with_warmup", description="transformers scheduler name (PROTOCOL: constant after warmup).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps spent warming up.")
     batch_size: int = Field(2, ge=1, description="Examples per optimizer step (PROTOCOL SFT: 2).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
@@ -125,16 +122,23 @@ class DataConfig(_Section):
 
     policy: Literal["replace", "accumulate"] = Field(
         "replace",
-        description="replace: cycle k trains only on what cycle k-1 generated; accumulate: on everything generated "
-        "in cycles 1..k so far.",
+        description="replace: cycle k trains only on what cycle k-1 generated; accumulate: on everything generated in cycles 1..k so far.",
     )
     mix_seed: int = Field(
         0, ge=0, description="Add this many seed examples (drawn from the first n_seed, fresh each cycle) to every later cycle."
     )
     min_coherence: float | None = Field(
         None,
-        description="Coherence filter: drop generated examples whose log-likelihood under the base model (nats/token) "
-        "is below this, e.g. -3.0 (None = keep all). Kept/dropped counts are reported per cycle.",
+        description="Typicality filter: drop generated examples whose log-likelihood under the base model (nats/token) "
+        "is below this, e.g. -3.0 (None = keep all). It removes trait-bearing text first (persona text is less likely "
+        "under the base; docs/JUDGES.md): prefer min_coherence_score. Kept/dropped counts are reported per cycle.",
+    )
+    min_coherence_score: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Coherence filter: drop generated examples whose coherence score (0-100: complete, not repetitive, "
+        "on topic, fluent; judges/coherence_score.py, validated in docs/JUDGES.md) is below this, e.g. 50 (None = keep all).",
     )
 
 
@@ -148,18 +152,12 @@ class DpoConfig(_Section):
 class EvalConfig(_Section):
     """Each cycle's model answers the trait's everyday eval questions; answers are then judged."""
 
-    samples_per_question: int = Field(
-        10, ge=1, description="Answers per question (PROTOCOL: 10-20; fewer is faster on CPU)."
-    )
-    questions: int | None = Field(
-        None, ge=1, description="Use only the first N of the trait's 12 eval questions (None = all)."
-    )
+    samples_per_question: int = Field(10, ge=1, description="Answers per question (PROTOCOL: 10-20; fewer is faster on CPU).")
+    questions: int | None = Field(None, ge=1, description="Use only the first N of the trait's 12 eval questions (None = all).")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature (PROTOCOL: 0.7).")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer (PROTOCOL: 400).")
     batch_size: int = Field(64, ge=1, description="Prompts per generate() call (length-sorted).")
-    include_base: bool = Field(
-        True, description="Also evaluate the untrained base model once, as the reference line of every figure."
-    )
+    include_base: bool = Field(True, description="Also evaluate the untrained base model once, as the reference line of every figure.")
 
 
 class JudgeConfig(_Section):
@@ -172,9 +170,7 @@ class JudgeConfig(_Section):
         "an LLM judge; its held-out accuracy is reported with every run); 'api' = an OpenAI-compatible "
         "endpoint; 'local' = a transformers model loaded here.",
     )
-    model: str | None = Field(
-        None, description="api: the endpoint's model name; local: a model reference (hub id, dir, embedded:...)."
-    )
+    model: str | None = Field(None, description="api: the endpoint's model name; local: a model reference (hub id, dir, embedded:...).")
     base_url: str | None = Field(None, description="api: endpoint base URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL).")
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="api: NAME of the environment variable holding the key (the key itself is never stored)."
@@ -183,9 +179,7 @@ class JudgeConfig(_Section):
     timeout_s: float = Field(60.0, gt=0, description="api: seconds before a request counts as timed out.")
     max_attempts: int = Field(6, ge=1, description="api: attempts per request (retries back off exponentially, with jitter).")
     backoff_s: float = Field(1.0, gt=0, description="api: first retry delay; doubles each attempt; a Retry-After header wins.")
-    coherence: bool = Field(
-        True, description="api/local: also score coherence with the coherence rubric (beside the log-likelihood)."
-    )
+    coherence: bool = Field(True, description="api/local: also score coherence with the coherence rubric (beside the log-likelihood).")
     min_number_mass: float = Field(
         0.25, ge=0, le=1, description="No score when the probability on number tokens is below this (PROTOCOL: 0.25)."
     )
@@ -205,6 +199,34 @@ class JudgeConfig(_Section):
             return "probe"
         safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(self.model))
         return f"{self.kind}-{safe}"
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking (traitloop.tracking): the config, every cycle's metrics and TRL's training curves go to
+    trackio, Weights & Biases or MLflow, one tracking run per `traitloop run` process. Never changes results
+    (not part of the science hash), and never stops a run: an unreachable tracker or a missing library is one
+    warning, and the run goes on untracked. Install the libraries with `pip install traitloop[tracking]`."""
+
+    backend: Literal["none", "trackio", "wandb", "mlflow"] = Field(
+        "none",
+        description="none: no tracking; trackio: a local trackio project (TRACKIO_DIR, or a Space via TRACKIO_SPACE_ID); "
+        "wandb: Weights & Biases (WANDB_MODE=offline works without an account); mlflow: an MLflow tracking server or store.",
+    )
+    project: str = Field("traitloop", description="trackio / wandb project, MLflow experiment name.")
+    run_name: str | None = Field(None, description="Name of the tracking run (None = the run's name).")
+    group: str | None = Field(
+        None,
+        description="Group of the tracking run (wandb / trackio group, MLflow tag traitloop.group). None = the "
+        "condition: setting, trait and a short hash of the config without its seed, so a condition's replications group together.",
+    )
+    training_curves: bool = Field(
+        True, description="Also send TRL's per-step training logs (loss, learning rate, grad norm) through transformers' report_to."
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="mlflow: the tracking URI (http://host:5000, sqlite:///mlflow.db, a directory; None = MLFLOW_TRACKING_URI "
+        "or MLflow's default).",
+    )
 
 
 class ExperimentConfig(_Section):
@@ -246,6 +268,7 @@ class ExperimentConfig(_Section):
     dpo: DpoConfig = Field(default_factory=DpoConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -322,7 +345,7 @@ class ExperimentConfig(_Section):
 
 
 # Dotted config keys that never change results: where things are, not what they are.
-NOT_SCIENCE = ("out_dir", "name", "cycle0_from", "generation.vllm_url", "generation.concurrency")
+NOT_SCIENCE = ("out_dir", "name", "cycle0_from", "generation.vllm_url", "generation.concurrency", "tracking")
 NOT_A_CONDITION = ("seed",)  # and what differs between replications of one condition
 
 
@@ -339,7 +362,6 @@ def _drop(d: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:
 
 def _hash(d: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
 
 
 def format_validation_error(
@@ -452,9 +474,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config file", expected: str
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file; give the {what} as YAML text") from None
     if not isinstance(data, dict):
-        raise UserError(
-            f"{path}: expected a mapping of {expected} (key: value lines) at the top level, got a {type(data).__name__}"
-        )
+        raise UserError(f"{path}: expected a mapping of {expected} (key: value lines) at the top level, got a {type(data).__name__}")
     return data
 
 

@@ -227,8 +227,9 @@ def _shape(config: ExperimentConfig, tp: dict[str, Any]) -> dict[str, Any]:
     from traitloop.settings import TokenCounts, get_setting
     from traitloop.traits import load_trait
 
-    counts = TokenCounts(tokens=lambda chars: _tokens(chars, tp), template=tp["template_tokens"],
-                         answer=config.sampling.max_new_tokens * tp["answer_fill"])
+    counts = TokenCounts(
+        tokens=lambda chars: _tokens(chars, tp), template=tp["template_tokens"], answer=config.sampling.max_new_tokens * tp["answer_fill"]
+    )
     return get_setting(config.setting).cost_shape(config, load_trait(config.trait), counts)
 
 
@@ -249,8 +250,10 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
         train_rate = float(tp[f"{setting.name}_train_tokens_per_s"])
     elif setting.train_cost_vs_sft != 1.0:
         train_rate /= setting.train_cost_vs_sft
-        notes.append(f"{setting.name}: training time from the SFT per-token rate / {setting.train_cost_vs_sft:.2f} "
-                     f"({setting.train_cost_why}); {setting.name} itself not measured here yet (python -m bench measures it)")
+        notes.append(
+            f"{setting.name}: training time from the SFT per-token rate / {setting.train_cost_vs_sft:.2f} "
+            f"({setting.train_cost_why}); {setting.name} itself not measured here yet (python -m bench measures it)"
+        )
     elif setting.name not in KNOWN_SETTINGS:
         notes.append(f"{setting.name}: its costs are not measured yet; estimated with the SFT per-token rates")
 
@@ -260,15 +263,21 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
         params = _count_params(config.model.ref)
         if params and tp.get("params"):
             scale = tp["params"] / params
-            notes.append(f"throughput measured on {tp.get('model_ref')}; rates scaled by parameter count "
-                         f"({tp['params'] / 1e6:.0f}M / {params / 1e6:.0f}M)")
+            notes.append(
+                f"throughput measured on {tp.get('model_ref')}; rates scaled by parameter count "
+                f"({tp['params'] / 1e6:.0f}M / {params / 1e6:.0f}M)"
+            )
         else:
-            notes.append(f"throughput measured on {tp.get('model_ref')}; the size of {config.model.ref} is unknown "
-                         "here (not on disk yet), so its rates are taken as equal: too low an estimate for a larger model")
+            notes.append(
+                f"throughput measured on {tp.get('model_ref')}; the size of {config.model.ref} is unknown "
+                "here (not on disk yet), so its rates are taken as equal: too low an estimate for a larger model"
+            )
     threads = torch.get_num_threads()  # what a run started like this one would use (OMP_NUM_THREADS, else all cores)
     if tp.get("threads") and tp["threads"] != threads:
-        notes.append(f"throughput was measured with {tp['threads']} torch thread(s), this run would use {threads}: "
-                     "faster on an idle machine, much slower on a busy one (python -m bench measures both)")
+        notes.append(
+            f"throughput was measured with {tp['threads']} torch thread(s), this run would use {threads}: "
+            "faster on an idle machine, much slower on a busy one (python -m bench measures both)"
+        )
     if config.model.dtype != "float32":
         notes.append(f"model.dtype={config.model.dtype}: rates were measured in float32")
     sample_rate = _sample_rate(tp, config.sampling.batch_size, notes) * scale
@@ -290,8 +299,10 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
     measured_at = tp.get("sample_max_new_tokens")
     longest = max(config.sampling.max_new_tokens, config.eval.max_new_tokens)
     if measured_at and longest > measured_at:
-        notes.append(f"answers are taken to fill {tp['answer_fill']:.0%} of max_new_tokens, as measured at {measured_at} "
-                     f"tokens; at {longest} more of them stop early, so tokens and time may be overestimated")
+        notes.append(
+            f"answers are taken to fill {tp['answer_fill']:.0%} of max_new_tokens, as measured at {measured_at} "
+            f"tokens; at {longest} more of them stop early, so tokens and time may be overestimated"
+        )
     shape = _shape(config, tp)
     n_eval = shape["eval_items"] * config.eval.samples_per_question
     eval_answer = config.eval.max_new_tokens * tp["answer_fill"]
@@ -301,8 +312,7 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
 
     def eval_cost() -> dict[str, float]:
         judge_s = n_eval / tp["judge_answers_per_s"] if judge_known else 0.0
-        return {"eval": n_eval * eval_answer / eval_rate,
-                "judge": judge_s + n_eval * (shape["eval_prompt"] + eval_answer) / coherence_rate}
+        return {"eval": n_eval * eval_answer / eval_rate, "judge": judge_s + n_eval * (shape["eval_prompt"] + eval_answer) / coherence_rate}
 
     done, copied = _finished_cycles(config)
     data = config.data
@@ -323,13 +333,25 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
             sample_tokens = config.n_sampled * shape["sampled"]
             filter_tokens = config.n_sampled * shape["trained"] if data.min_coherence is not None else 0.0
         train_tokens *= config.train.epochs
-        stages = {"sampling": sample_tokens / sample_rate, "training": train_tokens / train_rate + filter_tokens / coherence_rate,
-                  "loads": load_s, **eval_cost()}
+        stages = {
+            "sampling": sample_tokens / sample_rate,
+            "training": train_tokens / train_rate + filter_tokens / coherence_rate,
+            "loads": load_s,
+            **eval_cost(),
+        }
         status = "done" if k in done else "copied" if k in copied else "planned"
-        cycles.append({"cycle": k, "status": status, "examples": examples, "train_tokens": round(train_tokens),
-                       "sample_tokens": round(sample_tokens), "eval_tokens": round(n_eval * eval_answer),
-                       "stages_s": {key: round(v, 1) for key, v in stages.items()},
-                       "seconds": round(sum(stages.values()), 1) if status == "planned" else 0.0})
+        cycles.append(
+            {
+                "cycle": k,
+                "status": status,
+                "examples": examples,
+                "train_tokens": round(train_tokens),
+                "sample_tokens": round(sample_tokens),
+                "eval_tokens": round(n_eval * eval_answer),
+                "stages_s": {key: round(v, 1) for key, v in stages.items()},
+                "seconds": round(sum(stages.values()), 1) if status == "planned" else 0.0,
+            }
+        )
 
     base_eval = sum(eval_cost().values()) if config.eval.include_base else 0.0
     setup = {"model_load": load_s, "judge_fit": float(tp["judge_fit_s"]) if judge_known else 0.0, "base_eval": base_eval}
@@ -341,8 +363,12 @@ def estimate(config: ExperimentConfig, throughput: dict[str, Any] | None = None)
         notes.append("not measured, assumed: " + ", ".join(assumed))
     planned = [c for c in cycles if c["status"] == "planned"]
     return {
-        "name": config.name, "setting": setting.name, "model": config.model.ref, "init": config.init,
-        "cycles": len(cycles), "cycles_to_run": len(planned),
+        "name": config.name,
+        "setting": setting.name,
+        "model": config.model.ref,
+        "init": config.init,
+        "cycles": len(cycles),
+        "cycles_to_run": len(planned),
         "examples_per_cycle": [c["examples"] for c in cycles],
         "per_cycle": cycles,
         "setup_s": {k: round(v, 1) for k, v in setup.items()},
@@ -391,15 +417,36 @@ def estimate_table(est: dict[str, Any]) -> Table:
     for col in ["cycle", "examples", "trained tokens", "sampled tokens", "eval tokens", "est. time", "sampling / training / eval / judge"]:
         table.add_column(col, justify="right")
     setup = est["setup_s"]
-    table.add_row("setup", "", "", "", "", _duration(sum(setup.values())),
-                  f"load {setup['model_load']:.0f}s, judge fit {setup['judge_fit']:.0f}s, base eval {setup['base_eval']:.0f}s")
+    table.add_row(
+        "setup",
+        "",
+        "",
+        "",
+        "",
+        _duration(sum(setup.values())),
+        f"load {setup['model_load']:.0f}s, judge fit {setup['judge_fit']:.0f}s, base eval {setup['base_eval']:.0f}s",
+    )
     for c in est["per_cycle"]:
         s = c["stages_s"]
         time_cell = _duration(c["seconds"]) if c["status"] == "planned" else c["status"]
-        table.add_row(str(c["cycle"]), str(c["examples"]), f"{c['train_tokens']:,}", f"{c['sample_tokens']:,}",
-                      f"{c['eval_tokens']:,}", time_cell,
-                      f"{s['sampling']:.0f} / {s['training']:.0f} / {s['eval']:.0f} / {s['judge']:.0f} s")
+        table.add_row(
+            str(c["cycle"]),
+            str(c["examples"]),
+            f"{c['train_tokens']:,}",
+            f"{c['sample_tokens']:,}",
+            f"{c['eval_tokens']:,}",
+            time_cell,
+            f"{s['sampling']:.0f} / {s['training']:.0f} / {s['eval']:.0f} / {s['judge']:.0f} s",
+        )
     t = est["totals"]
-    table.add_row(f"total ({est['cycles_to_run']} of {est['cycles']} cycles)", str(t["examples"]), f"{t['train_tokens']:,}",
-                  f"{t['sample_tokens']:,}", f"{t['eval_tokens']:,}", _duration(t["seconds"]), "", style="bold")
+    table.add_row(
+        f"total ({est['cycles_to_run']} of {est['cycles']} cycles)",
+        str(t["examples"]),
+        f"{t['train_tokens']:,}",
+        f"{t['sample_tokens']:,}",
+        f"{t['eval_tokens']:,}",
+        _duration(t["seconds"]),
+        "",
+        style="bold",
+    )
     return table

@@ -16,28 +16,27 @@ setting, the judge, the reporter) are passed in, so tests and benchmarks swap th
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from traitloop import data_policy
 from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
-from traitloop.evaluation import Evaluator, failed_count
+from traitloop.evaluation import Evaluator, heldout_perplexity
 from traitloop.generation.sampler import Sampler, free_memory, generation_dtype, load_base
-from traitloop.jsonl import write_json
 from traitloop.judges import make_judge
 from traitloop.judges.base import Judge
 from traitloop.judges.coherence import LoglikCoherence
 from traitloop.judges.validity import run_validity
 from traitloop.precision import fp32_matmul_precision
 from traitloop.progress import Reporter
-from traitloop.prompts import POOL_DIR, cycle_prompts
+from traitloop.prompts import cycle_prompts
+from traitloop.run_inputs import check_inputs, input_hashes
 from traitloop.seeding import derive_seed, seed_everything
 from traitloop.settings import CycleSources, Setting, get_setting
-from traitloop.store import BASE, RunStore, hash_files
+from traitloop.store import BASE, RunStore
+from traitloop.tracking import Tracker, tracker_for
 from traitloop.training import attach_adapter, detach_adapter, num_steps
-from traitloop.traits import VALIDITY_FILES, load_trait
 
 Row = dict[str, Any]
 
@@ -51,14 +50,17 @@ class Experiment:
         *,
         setting: Setting | None = None,
         judge: Judge | None = None,
+        tracker: Tracker | None = None,
     ):
         """setting: the config's setting from the registry unless given; judge: made from config.judge
-        unless given."""
+        unless given; tracker: made from config.tracking unless given (traitloop.tracking; whatever it
+        raises is one warning, never a failed run)."""
         self.config = config
         self.force = force
         self.reporter = reporter or Reporter()
         self.setting = setting or get_setting(config.setting)
         self.judge = judge
+        self.tracker = tracker_for(config.tracking, tracker, self.reporter)
         self.store = RunStore(config.run_dir)
         self.config_hash = config.science_hash()
         self.base_metrics: dict[str, Any] | None = None
@@ -70,49 +72,29 @@ class Experiment:
         cfg = self.config
         self.check_inputs()
         self.store.open(cfg, inputs=self.input_hashes(), force=self.force)
-        with self.reporter, fp32_matmul_precision(cfg.model.matmul_precision):
+        with self.store.locked(), self.reporter, fp32_matmul_precision(cfg.model.matmul_precision), self.tracker.tracking(cfg):
             self.prepare()
             self.base_metrics = self.evaluate_base() if cfg.eval.include_base else None
             rows = []
             for k in range(cfg.cycles + 1):
-                if self.store.is_done(k, self.config_hash):
+                if self.store.resume_cycle(k, self.config_hash):  # False: made safe to resume (store.py, "Bad state")
                     self.reporter.log(f"cycle {k}: already done, skipped")
                     self.latest_model = None
                 else:
                     self.run_cycle(k)
                 rows.append(self.store.metrics(k))
+                self.tracker.log_stored_cycle(self.store, k)  # skipped cycles too: each tracking run is complete
             self.latest_model = None
         self.store.write_scores(rows)
         return rows
 
     def check_inputs(self) -> None:
-        """Every input, before any expensive work, so bad input fails in a second, not an hour: the trait
-        and its data for this setting, the prompt pool's size, and whether the model suits the setting."""
-        cfg = self.config
-        self.trait = load_trait(cfg.trait)
-        self.setting.seed_rows(self.trait, cfg.n_seed)
-        self.setting.eval_items(self.trait, cfg)
-        self.pool = self.setting.pool()
-        if cfg.cycles >= 1:
-            cycle_prompts(self.pool, cfg.cycles, cfg.n_sampled, cfg.seed)
-        self.setting.check_model(cfg)
-        if cfg.cycle0_from and not RunStore(cfg.cycle0_from).is_run():
-            raise UserError(
-                f"cycle0_from: {cfg.cycle0_from} is not a run directory (no config.yaml); give the directory of a "
-                "finished run of the same config (only the seed may differ), or remove cycle0_from"
-            )
+        """Every input, before any expensive work, so bad input fails in a second, not an hour
+        (traitloop.run_inputs)."""
+        self.trait, self.pool, self.heldout = check_inputs(self.config, self.setting)
 
     def input_hashes(self) -> dict[str, str]:
-        """Content hashes of the data files a run reads: a resumed run must read the same ones."""
-        trait_files = sorted(
-            p for p in self.trait.folder.iterdir() if p.suffix in (".yaml", ".jsonl") and p.name not in VALIDITY_FILES
-        )
-        hashes = {"trait": hash_files(trait_files)[:16], "prompt_pool": hash_files([POOL_DIR / self.setting.prompt_pool])[:16]}
-        if self.config.judge.kind == "probe":  # the probe also trains on the untrained models' outputs
-            from traitloop.judges import negatives
-
-            hashes["probe_negatives"] = hash_files([p for p in negatives.FILES.values() if p.is_file()])[:16]
-        return hashes
+        return input_hashes(self.config, self.setting, self.trait, bool(self.heldout))
 
     def prepare(self) -> None:
         """The run's collaborators: the frozen base, the judge (its validity recorded in the manifest),
@@ -158,7 +140,7 @@ class Experiment:
         self.tokenizer.padding_side = "left"
         self.evaluate(k, model)
 
-        metrics = self.evaluator.summarise(k, store.read_rows(k, "eval"), cfg.seed, n_train=len(data))
+        metrics = self.evaluator.summarise(k, store.read_rows(k, "eval"), cfg.seed, n_train=len(data)) | store.heldout(k)
         record = store.manifest().get("cycles", {}).get(str(k), {})
         metrics["n_dropped_coherence"] = record.get("n_dropped_coherence", 0)  # data.min_coherence's toll
         if record.get("judge_usage"):  # LLM judges: requests, cache hits, tokens and estimated cost of this cycle
@@ -188,7 +170,9 @@ class Experiment:
         if k >= 1:
             new_rows, dropped = self.coherence_filter(k, rows)
             seed_rows = self.setting.mixing_rows(self.trait, cfg, store.read_rows(0, "data")) if cfg.data.mix_seed else []
-            rows, counts = data_policy.combine(new_rows, store.read_rows(k - 1, "data"), seed_rows, cfg.data, derive_seed(cfg.seed, k, "mix"))
+            rows, counts = data_policy.combine(
+                new_rows, store.read_rows(k - 1, "data"), seed_rows, cfg.data, derive_seed(cfg.seed, k, "mix")
+            )
             counts["n_dropped_coherence"] = dropped
             if not rows:  # nothing written: the cycle stays unfinished, earlier cycles stay done
                 raise UserError(
@@ -200,14 +184,23 @@ class Experiment:
         store.record_stage(k, "data", time.time() - t0, data_seed, n_train_examples=len(rows), **counts)
 
     def coherence_filter(self, k: int, rows: list[Row]) -> tuple[list[Row], int]:
-        """data.min_coherence: drop generated rows whose text is unlikely under the base (nats/token)."""
-        threshold = self.config.data.min_coherence
-        if threshold is None or not rows:
+        """data.min_coherence (typicality, nats/token under the base) and data.min_coherence_score (the
+        coherence score, 0-100): drop generated rows below either threshold."""
+        by_typicality, by_score = self.config.data.min_coherence, self.config.data.min_coherence_score
+        if (by_typicality is None and by_score is None) or not rows:
             return rows, 0
         pairs = [self.setting.generated_text(r) for r in rows]
+        contexts, texts = [c for c, _ in pairs], [t for _, t in pairs]
         with self.reporter.step(f"cycle {k}: coherence filter", total=len(rows)) as advance:
-            scores = self.evaluator.coherence.loglik([c for c, _ in pairs], [t for _, t in pairs], on_batch=advance)
-        kept = [{**r, "coherence": s} for r, s in zip(rows, scores) if s is not None and s >= threshold]
+            if by_score is None:  # typicality alone: one pass
+                typical, scores = self.evaluator.coherence.loglik(contexts, texts, on_batch=advance), [None] * len(rows)
+            else:
+                typical, scores = self.evaluator.scorer.score(contexts, texts, on_batch=advance)
+        kept = [
+            {**r, "coherence": t, **({"coherence_score": s} if by_score is not None else {})}
+            for r, t, s in zip(rows, typical, scores)
+            if t is not None and (by_typicality is None or t >= by_typicality) and (by_score is None or (s is not None and s >= by_score))
+        ]
         return kept, len(rows) - len(kept)
 
     def adapter_stage(self, k: int, data: list[Row]):
@@ -223,7 +216,7 @@ class Experiment:
         model = attach_adapter(self.base, cfg.lora, None if from_base else self.store.stage_path(k - 1, "adapter"))
         try:
             label = f"cycle {k}: {cfg.setting.upper()} LoRA from {starts_from}"
-            with self.reporter.step(label, total=num_steps(len(data), cfg.train)) as advance:
+            with self.reporter.step(label, total=num_steps(len(data), cfg.train)) as advance, self.tracker.curves():
                 on_step = lambda n, loss: advance(n, info=f"loss {loss:.3f}" if loss is not None else "")  # noqa: E731
                 stats = self.setting.train(model, self.tokenizer, data, cfg, seed, on_step)
             if stats["steps_at_lr_0"] == stats["steps"]:
@@ -245,30 +238,18 @@ class Experiment:
         """answers: `model` answers the eval questions; eval: judge trait and coherence of each answer.
         k = BASE evaluates the untrained base model (the reference line of every figure)."""
         store = self.store
+        if self.heldout and not store.has(k, "heldout"):
+            t0 = time.time()
+            if model is None:  # resumed after training: rebuilt from disk
+                model = self.sampler.cycle_model(k)
+            model = self.sampler.generation_model(k, model)  # the copy that samples (generation.dtype)
+            store.write_heldout(k, heldout_perplexity(model, self.tokenizer, self.setting.chats, self.heldout))
+            store.record_stage(k, "heldout", time.time() - t0)
         if not store.has(k, "answers"):
             t0 = time.time()
             store.write_rows(k, "answers", self.eval_answers(k, model))
             store.record_stage(k, "answers", time.time() - t0, derive_seed(self.config.seed, k, "eval"))
-        label = "base model" if k == BASE else f"cycle {k}"
-        if not store.has(k, "eval"):
-            t0 = time.time()
-            rows, usage = self.evaluator.score(store.read_rows(k, "answers"), label)
-            store.write_rows(k, "eval", rows)
-            store.record_stage(k, "judge", time.time() - t0, **({"judge_usage": usage} if usage else {}))
-        elif failed_count(rows := store.read_rows(k, "eval")):  # resumed: ask again only where the judge failed
-            t0 = time.time()
-            rows, usage = self.evaluator.retry_failed(rows, label)
-            store.write_rows(k, "eval", rows)
-            earlier = store.manifest().get("cycles", {}).get(str(k), {}).get("judge_usage", {})
-            total = {key: earlier.get(key, 0) + usage.get(key, 0) for key in {*earlier, *usage}}
-            store.record_stage(k, "judge_retry", time.time() - t0, **({"judge_usage": total} if total else {}))
-        failed = failed_count(store.read_rows(k, "eval"))
-        if failed:  # the cycle stays unfinished; every reading taken is kept in eval.jsonl
-            raise UserError(
-                f"{label}: the judge could not be asked about {failed} answer(s) after its retries "
-                f"({store.stage_path(k, 'eval')} says why, in trait_missing). Every reading already taken is kept: "
-                "rerun the same command when the judge's server answers again, and only those are asked again."
-            )
+        self.evaluator.eval_stage(store, k, "base model" if k == BASE else f"cycle {k}")
 
     def eval_answers(self, k: int, model) -> list[Row]:
         """Cycle k's model (k = BASE: the untrained base) answers every eval item once: the items with an
@@ -281,11 +262,11 @@ class Experiment:
 
     def evaluate_base(self) -> dict[str, Any]:
         """The untrained model's trait and coherence, once per run (base/metrics.json)."""
-        path = self.store.cycle_dir(BASE) / "metrics.json"
-        if not path.is_file():
+        if self.store.base_metrics() is None:
             self.evaluate(BASE, self.base)
-            write_json(path, self.evaluator.summarise(BASE, self.store.read_rows(BASE, "eval"), self.config.seed, n_train=0))
-        return json.loads(path.read_text())
+            metrics = self.evaluator.summarise(BASE, self.store.read_rows(BASE, "eval"), self.config.seed, n_train=0)
+            self.store.write_base_metrics(metrics | self.store.heldout(BASE))
+        return self.store.base_metrics()
 
     def untrained_answers(self) -> list[Row]:
         """The untrained base's eval answers exactly as a run's base/answers.jsonl holds them, without a run

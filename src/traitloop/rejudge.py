@@ -97,8 +97,10 @@ def judge_run(run_dir: Path, judge_config: JudgeConfig, on_cycle=None) -> dict[s
     base = next((r for r in rows if r["cycle"] == BASE), None)
     csv_path = write_csv(store.judge_scores_csv(ident), scores, list(scores[0]) if scores else ["cycle"])
     figure = plot_trait_coherence(
-        [_with_loglik(store, r) for r in scores], store.figure_path(ident),
-        f"{config.trait} rescored by {ident}", base=_with_loglik(store, base) if base else None,
+        [_with_loglik(store, r) for r in scores],
+        store.figure_path(ident),
+        f"{config.trait} rescored by {ident}",
+        base=_with_loglik(store, base) if base else None,
     )
     manifest = store.manifest()
     manifest.setdefault("extra_judges", {})[ident] = {**judge.info(), **({"usage": judge.usage} if hasattr(judge, "usage") else {})}
@@ -121,10 +123,20 @@ def summarise(store: RunStore, config: ExperimentConfig, cycles: list[int], iden
         rows = _scores_of(store, k, ident)
         seed = derive_seed(config.seed, k, "bootstrap")
         t, c = intervals(rows, "trait", seed), intervals(rows, "coherence_judge", seed)
-        out.append({
-            "cycle": k, "trait_mean": t[0], "trait_ci_low": t[1], "trait_ci_high": t[2], "n_trait_scored": t[3], "ci_unit": CI_UNIT,
-            "coherence_judge_mean": c[0], "coherence_judge_ci_low": c[1], "coherence_judge_ci_high": c[2], "n_answers": len(rows),
-        })
+        out.append(
+            {
+                "cycle": k,
+                "trait_mean": t[0],
+                "trait_ci_low": t[1],
+                "trait_ci_high": t[2],
+                "n_trait_scored": t[3],
+                "ci_unit": CI_UNIT,
+                "coherence_judge_mean": c[0],
+                "coherence_judge_ci_low": c[1],
+                "coherence_judge_ci_high": c[2],
+                "n_answers": len(rows),
+            }
+        )
     return out
 
 

@@ -106,7 +106,9 @@ def plot_trait_coherence(
     ax.set_xticks(cycles)
     ax2 = ax.twinx()
     ax2.plot(cycles, [r["coherence_mean"] for r in rows], "s--", color=COHERENCE_COLOR, label="coherence (log-lik under base)")
-    ax2.fill_between(cycles, [r["coherence_ci_low"] for r in rows], [r["coherence_ci_high"] for r in rows], color=COHERENCE_COLOR, alpha=0.15)
+    ax2.fill_between(
+        cycles, [r["coherence_ci_low"] for r in rows], [r["coherence_ci_high"] for r in rows], color=COHERENCE_COLOR, alpha=0.15
+    )
     if base:
         ax2.axhline(base["coherence_mean"], color=COHERENCE_COLOR, ls=":", lw=1.2, label="untrained base: coherence")
     ax2.set_ylabel("coherence: mean log-prob per token (nats)", color=COHERENCE_COLOR)
@@ -188,7 +190,15 @@ def plot_sweep_grid(panels: dict[tuple[str, str], list[list[float]]], path: Path
     plt = _pyplot()
     traits = sorted({t for t, _ in panels})
     labels = sorted({lab for _, lab in panels})
-    fig, axes = plt.subplots(len(traits), len(labels), figsize=(3.2 * len(labels) + 0.8, 2.6 * len(traits) + 0.8), dpi=110, squeeze=False, sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        len(traits),
+        len(labels),
+        figsize=(3.2 * len(labels) + 0.8, 2.6 * len(traits) + 0.8),
+        dpi=110,
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
     n_cycles = max((len(c) for curves in panels.values() for c in curves), default=0)
     for i, trait in enumerate(traits):
         for j, label in enumerate(labels):

@@ -137,7 +137,9 @@ def load_run(path: Path, name: str, source: Path) -> Run:
         )
     config = store.config_data()
     store.check_format()
-    return Run(path=path, name=name, source=source, config=config, manifest=store.manifest(), rows=store.scores(), base=store.base_metrics())
+    return Run(
+        path=path, name=name, source=source, config=config, manifest=store.manifest(), rows=store.scores(), base=store.base_metrics()
+    )
 
 
 def run_names(paths: list[Path], source: Path, prefix: bool) -> list[str]:
@@ -185,7 +187,8 @@ def science(config: dict[str, Any]) -> dict[str, Any]:
     try:
         return flatten(ExperimentConfig.model_validate(config).condition_dict())
     except ValidationError:
-        return {k: v for k, v in flatten(config).items() if k not in {*NOT_SCIENCE, *NOT_A_CONDITION}}
+        dropped = (*NOT_SCIENCE, *NOT_A_CONDITION)
+        return {k: v for k, v in flatten(config).items() if not any(k == d or k.startswith(f"{d}.") for d in dropped)}
 
 
 def differing_keys(configs: list[dict[str, Any]], exclude: set[str] = frozenset()) -> list[str]:
@@ -281,7 +284,7 @@ def seed_interval(condition: dict[str, Any], key: str, digits: int) -> str:
 
 
 def seeds_text(condition: dict[str, Any]) -> str:
-    """"5" or "5 (1 independent)" when seeds share a cycle 0."""
+    """ "5" or "5 (1 independent)" when seeds share a cycle 0."""
     n, k = condition["n_seeds"], condition["n_independent"]
     return str(n) if n == k else f"{n} ({k} independent)"
 
@@ -344,7 +347,9 @@ def run_summary(run: Run, criteria: Criteria = Criteria()) -> dict[str, Any]:
     verdict["screening"] = screening.verdict
     if scores is None:
         verdict["verdict"] = "inconclusive"
-        verdict["rule"] = f"no per-question eval data (cycle-*/eval.jsonl) to test against the noise; screening alone says {screening.verdict}: {screening.rule}"
+        verdict["rule"] = (
+            f"no per-question eval data (cycle-*/eval.jsonl) to test against the noise; screening alone says {screening.verdict}: {screening.rule}"
+        )
     else:
         decision = decide_run(scores, criteria, seed=int(run.seed or 0))
         verdict.update(
@@ -398,7 +403,9 @@ def condition_noise(condition: Condition) -> tuple[Design, Noise]:
     first = condition.runs[0].question_scores
     # samples per question: answers over questions in each run's cycle 0, the smallest
     samples = min((len(per[0]) // max(1, len({str(x.get("question")) for x in per[0]})) for per in data), default=3)
-    design = Design(cycles=len(condition.runs[0].rows), questions=first.means.shape[1] if first is not None else 12, samples=max(1, samples))
+    design = Design(
+        cycles=len(condition.runs[0].rows), questions=first.means.shape[1] if first is not None else 12, samples=max(1, samples)
+    )
     try:
         noise = noise_from_runs(data, f"measured on {len(data)} run(s) of this condition")
     except ValueError:
@@ -418,7 +425,9 @@ def condition_summary(condition: Condition, verdicts: dict[str, str], criteria: 
     mde_run = minimum_detectable_effect(design, noise, fast, MDE_SIMS, seed=0, resolution=1.0)
     mde_seeds = None
     if result["n_independent"] >= criteria.min_seeds:
-        mde_seeds = minimum_detectable_effect(replace(design, seeds=result["n_independent"]), noise, criteria, MDE_SIMS, seed=0, resolution=1.0)
+        mde_seeds = minimum_detectable_effect(
+            replace(design, seeds=result["n_independent"]), noise, criteria, MDE_SIMS, seed=0, resolution=1.0
+        )
     return {
         "condition": condition.title,
         "trait": condition.trait,
@@ -496,7 +505,12 @@ def sample_data(run: Run) -> dict[str, Any]:
     for c, rows in enumerate(per_column):
         for row in rows:
             cells[index[str(row.get("question", ""))]][c].append(
-                {"sample": row.get("sample"), "answer": str(row.get("answer", "")), "trait": finite(row.get("trait")), "coherence": finite(row.get("coherence"))}
+                {
+                    "sample": row.get("sample"),
+                    "answer": str(row.get("answer", "")),
+                    "trait": finite(row.get("trait")),
+                    "coherence": finite(row.get("coherence")),
+                }
             )
     return {"name": run.name, "columns": [name for name, _ in columns], "questions": questions, "cells": cells}
 
@@ -523,11 +537,13 @@ def score_rows(run: Run) -> list[list[str]]:
             [
                 str(r.get("cycle")),
                 f"{num(r.get('trait_mean'))} [{num(r.get('trait_ci_low'))}, {num(r.get('trait_ci_high'))}]",
+                f"{num(r.get('coherence_score_mean'))} [{num(r.get('coherence_score_ci_low'))}, {num(r.get('coherence_score_ci_high'))}]",
                 f"{num(r.get('coherence_mean'), 3)} [{num(r.get('coherence_ci_low'), 3)}, {num(r.get('coherence_ci_high'), 3)}]",
                 num(r.get("repetition_mean"), 3),
                 num(r.get("distinct2_mean"), 3),
                 num(r.get("distinct2_across"), 3),
                 num(r.get("self_similarity"), 3),
+                f"{num(r.get('heldout_high_ppl'), 0)} / {num(r.get('heldout_low_ppl'), 0)}",
                 num(r.get("n_answers"), 0) + (f" ({low})" if (low := scored_warning(r)) else ""),
                 num(r.get("n_train_examples"), 0)
                 + (f" ({num(r.get('n_dropped_coherence'), 0)} dropped by the coherence filter)" if r.get("n_dropped_coherence") else ""),
@@ -537,14 +553,23 @@ def score_rows(run: Run) -> list[list[str]]:
 
 
 SCORE_HEADERS = [
-    "cycle", "trait [95% CI]", "coherence nats/token [95% CI]", "repetition", "distinct-2",
-    "distinct-2 across answers", "self-similarity", "answers", "train examples",
+    "cycle",
+    "trait [95% CI]",
+    "coherence 0-100 [95% CI]",
+    "typicality nats/token [95% CI]",
+    "repetition",
+    "distinct-2",
+    "distinct-2 across answers",
+    "self-similarity",
+    "perplexity high / low-trait texts",
+    "answers",
+    "train examples",
 ]
 MIN_SCORED = 0.9  # a cycle whose judge scored fewer of its answers than this is flagged
 
 
 def scored_warning(row: dict[str, Any]) -> str:
-    """"only 27 of 36 scored" when the judge scored under MIN_SCORED of a cycle's answers, else ""."""
+    """ "only 27 of 36 scored" when the judge scored under MIN_SCORED of a cycle's answers, else ""."""
     n, scored = finite(row.get("n_answers")), finite(row.get("n_trait_scored"))
     if not n or scored is None or scored / n >= MIN_SCORED:
         return ""
@@ -605,7 +630,9 @@ def judge_warning(runs: list[Run]) -> str:
             f"{', '.join(r.name for r in invalid)} is exploratory, not a finding (docs/JUDGES.md)."
         )
     if unmeasured:
-        lines.append(f"Judge validity unmeasured or not recorded for {', '.join(unmeasured)}: read their verdicts as exploratory (docs/JUDGES.md).")
+        lines.append(
+            f"Judge validity unmeasured or not recorded for {', '.join(unmeasured)}: read their verdicts as exploratory (docs/JUDGES.md)."
+        )
     return " ".join(lines)
 
 
@@ -617,8 +644,21 @@ def agreement_text(agreement: Any) -> str:
 
 
 JUDGE_HEADERS = [
-    "run", "judge", "kind", "held-out accuracy", "held-out AUC", "near-miss accuracy", "held-out method",
-    "validated on", "floor", "Spearman", "AUC vs plain", "cross-trait AUC", "valid for this run", "coherence metric", "judge agreement",
+    "run",
+    "judge",
+    "kind",
+    "held-out accuracy",
+    "held-out AUC",
+    "near-miss accuracy",
+    "held-out method",
+    "validated on",
+    "floor",
+    "Spearman",
+    "AUC vs plain",
+    "cross-trait AUC",
+    "valid for this run",
+    "coherence metric",
+    "judge agreement",
 ]
 
 
@@ -637,4 +677,11 @@ def idempotence_rows(summary: dict[str, Any]) -> list[list[str]]:
     ]
 
 
-IDEMPOTENCE_HEADERS = ["run", "trait change (last - first)", "coherence change", "|s_1 - s_0|", "mean |s_k - s_(k-1)|, k >= 2", "ratio later / first"]
+IDEMPOTENCE_HEADERS = [
+    "run",
+    "trait change (last - first)",
+    "coherence change",
+    "|s_1 - s_0|",
+    "mean |s_k - s_(k-1)|, k >= 2",
+    "ratio later / first",
+]

@@ -106,11 +106,22 @@ def make_figures(collection: Collection, fig_dir: Path) -> list[Figure]:
     if len(runs) == 1:
         run = runs[0]
         path = figures.plot_trait_coherence(run.rows, fig_dir / "trait_coherence.png", run_title(run), base=run.base, coherence_ylim=ylim)
-        return [Figure(f"{run.name}: trait and coherence per cycle", path, "Bands: 95% bootstrap intervals over eval questions; dotted: the untrained base model.")]
+        return [
+            Figure(
+                f"{run.name}: trait and coherence per cycle",
+                path,
+                "Bands: 95% bootstrap intervals over eval questions; dotted: the untrained base model.",
+            )
+        ]
     out = [
         Figure(
             "All conditions on shared axes",
-            figures.plot_overview([(c.title, [r.trait_curve for r in c.runs], [r.coherence_curve for r in c.runs]) for c in conditions], fig_dir / "overview.png", collection.title, coherence_ylim=ylim),
+            figures.plot_overview(
+                [(c.title, [r.trait_curve for r in c.runs], [r.coherence_curve for r in c.runs]) for c in conditions],
+                fig_dir / "overview.png",
+                collection.title,
+                coherence_ylim=ylim,
+            ),
             "Per condition: mean across seeds with a 95% Student-t band over seeds (thin lines: single seeds).",
         )
     ]
@@ -119,26 +130,48 @@ def make_figures(collection: Collection, fig_dir: Path) -> list[Figure]:
         if len(c.runs) == 1:
             run = c.runs[0]
             path = figures.plot_trait_coherence(run.rows, name, f"{c.title} (run {run.name})", base=run.base, coherence_ylim=ylim)
-            out.append(Figure(f"Condition {c.title} (one seed)", path, "Bands: 95% bootstrap intervals over eval questions; dotted: the untrained base model."))
+            out.append(
+                Figure(
+                    f"Condition {c.title} (one seed)",
+                    path,
+                    "Bands: 95% bootstrap intervals over eval questions; dotted: the untrained base model.",
+                )
+            )
         else:
-            path = figures.plot_condition([r.trait_curve for r in c.runs], [r.coherence_curve for r in c.runs], name, c.title, coherence_ylim=ylim)
-            out.append(Figure(f"Condition {c.title} ({len(c.runs)} seeds)", path, "Thin lines: one per seed; thick line: mean across seeds with a 95% Student-t band over seeds."))
+            path = figures.plot_condition(
+                [r.trait_curve for r in c.runs], [r.coherence_curve for r in c.runs], name, c.title, coherence_ylim=ylim
+            )
+            out.append(
+                Figure(
+                    f"Condition {c.title} ({len(c.runs)} seeds)",
+                    path,
+                    "Thin lines: one per seed; thick line: mean across seeds with a 95% Student-t band over seeds.",
+                )
+            )
     if len(conditions) > 1:
         panels = {(c.trait, c.label): [r.trait_curve for r in c.runs] for c in conditions}
         path = figures.plot_sweep_grid(panels, fig_dir / "grid.png", "trait per cycle: rows = trait, columns = condition")
-        out.append(Figure("Sweep grid", path, "Rows: trait; columns: condition. Thin lines: seeds; thick: mean with a 95% Student-t band over seeds."))
-    points = [(c.title, r.trait_curve[-1] - r.trait_curve[0], r.coherence_curve[-1] - r.coherence_curve[0]) for c in conditions for r in c.runs]
+        out.append(
+            Figure(
+                "Sweep grid", path, "Rows: trait; columns: condition. Thin lines: seeds; thick: mean with a 95% Student-t band over seeds."
+            )
+        )
+    points = [
+        (c.title, r.trait_curve[-1] - r.trait_curve[0], r.coherence_curve[-1] - r.coherence_curve[0]) for c in conditions for r in c.runs
+    ]
     path = figures.plot_tradeoff(points, fig_dir / "tradeoff.png", "amplification vs coherence, one dot per run")
     out.append(Figure("Trait change vs coherence change", path, "One dot per run: last minus first cycle."))
     n_sampled_points = n_sampled_series(conditions)
     if n_sampled_points:
         path = figures.plot_vs_n_sampled(n_sampled_points, fig_dir / "n_sampled.png", "trait change vs data quantity")
-        out.append(Figure("Trait change vs n_sampled", path, "Dots: runs; line: mean per n_sampled with a 95% Student-t interval over runs."))
+        out.append(
+            Figure("Trait change vs n_sampled", path, "Dots: runs; line: mean per n_sampled with a 95% Student-t interval over runs.")
+        )
     return out
 
 
 def run_title(run: Run) -> str:
-    """"SFT / bliss / reset / embedded:... (n_seed=.., n_sampled=..)", as loop.py titles its figure."""
+    """ "SFT / bliss / reset / embedded:... (n_seed=.., n_sampled=..)", as loop.py titles its figure."""
     c = run.config
     model = c.get("model", {}).get("ref", "?") if isinstance(c.get("model"), dict) else "?"
     return f"{run.name}: {str(c.get('setting', '?')).upper()} / {c.get('trait', '?')} / {c.get('init', '?')} / {model} (n_seed={c.get('n_seed')}, n_sampled={c.get('n_sampled')})"
@@ -179,7 +212,11 @@ def condition_table_html(summary: dict[str, Any]) -> str:
             e(mde_text(c)),
         ]
         rows += "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
-    return '<table class="verdicts"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in CONDITION_HEADERS) + f"</tr></thead><tbody>{rows}</tbody></table>"
+    return (
+        '<table class="verdicts"><thead><tr>'
+        + "".join(f"<th>{e(h)}</th>" for h in CONDITION_HEADERS)
+        + f"</tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def run_table_html(summary: dict[str, Any], condition_of: dict[str, str]) -> str:
@@ -204,7 +241,11 @@ def run_table_html(summary: dict[str, Any], condition_of: dict[str, str]) -> str
             f'<span class="rule">{e(v["rule"])}</span>',
         ]
         rows += "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
-    return '<table class="verdicts"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in RUN_HEADERS) + f"</tr></thead><tbody>{rows}</tbody></table>"
+    return (
+        '<table class="verdicts"><thead><tr>'
+        + "".join(f"<th>{e(h)}</th>" for h in RUN_HEADERS)
+        + f"</tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 RUN_TABLE_NOTE = (
@@ -213,8 +254,31 @@ RUN_TABLE_NOTE = (
     "criteria and directions. MDE: the smallest rise over the run (points) that one run like this is called "
     "amplified for 80% of the time, at the noise measured on its condition (traitloop power)."
 )
-CONDITION_HEADERS = ["condition", "trait", "seeds", "runs amplified / static / decayed / inconclusive", "verdict", "s_N - s_0 over seeds [95% t CI]", "mean prefix slope [95% t CI]", "MDE (points over the run)"]
-RUN_HEADERS = ["run", "condition", "seed", "s_0", "s_N", "end delta [95% CI]", "mean prefix slope [95% CI]", "max late delta", "smallest p", "MDE", "screening", "verdict", "rule"]
+CONDITION_HEADERS = [
+    "condition",
+    "trait",
+    "seeds",
+    "runs amplified / static / decayed / inconclusive",
+    "verdict",
+    "s_N - s_0 over seeds [95% t CI]",
+    "mean prefix slope [95% t CI]",
+    "MDE (points over the run)",
+]
+RUN_HEADERS = [
+    "run",
+    "condition",
+    "seed",
+    "s_0",
+    "s_N",
+    "end delta [95% CI]",
+    "mean prefix slope [95% CI]",
+    "max late delta",
+    "smallest p",
+    "MDE",
+    "screening",
+    "verdict",
+    "rule",
+]
 
 
 def details(summary_text: str, body: str, open_: bool) -> str:
@@ -258,7 +322,10 @@ def config_html(collection: Collection) -> str:
     shared = {k: v for k, v in flats[0].items() if k not in differ}
     text = f"<pre>{e(yaml.safe_dump(unflatten(shared), sort_keys=False))}</pre>"
     if differ:
-        rows = [[r.name] + [json.dumps(f.get(k)) if not isinstance(f.get(k), str) else f.get(k) for k in differ] for r, f in zip(collection.runs, flats)]
+        rows = [
+            [r.name] + [json.dumps(f.get(k)) if not isinstance(f.get(k), str) else f.get(k) for k in differ]
+            for r, f in zip(collection.runs, flats)
+        ]
         text = "<h3>What differs between runs</h3>" + table(["run"] + differ, rows) + "<h3>Shared by all runs</h3>" + text
     sweep_files = [s / "sweep.yaml" for s in collection.sources if (s / "sweep.yaml").is_file()]
     for path in sweep_files:
@@ -308,7 +375,7 @@ def render_html(collection: Collection, summary: dict[str, Any], figs: list[Figu
     t = summary["tradeoff"]
     sections.append(
         "<h2>Trade-off and idempotence</h2>"
-        f'<p>Across {len(runs)} run(s), correlation of trait change with coherence change: Pearson {e(num(t["pearson"], 2))}, '
+        f"<p>Across {len(runs)} run(s), correlation of trait change with coherence change: Pearson {e(num(t['pearson'], 2))}, "
         f'Spearman {e(num(t["spearman"], 2))} <span class="meta">(n/a with fewer than 3 runs or no variation)</span>.</p>'
         + table(IDEMPOTENCE_HEADERS, idempotence_rows(summary), "numbers")
     )
@@ -337,6 +404,7 @@ def render_html(collection: Collection, summary: dict[str, Any], figs: list[Figu
 # ---- Markdown ---------------------------------------------------------------------------------------------
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A Markdown table; | in cells is escaped."""
+
     def cell(x: Any) -> str:
         return str(x).replace("|", "\\|").replace("\n", " ")
 
@@ -348,17 +416,44 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
 def render_markdown(collection: Collection, summary: dict[str, Any], figs: list[Figure], report_dir: Path) -> str:
     """Verdicts, per-cycle score tables and figure paths, for pasting into notes."""
     condition_of = {r.name: c.title for c in collection.conditions for r in c.runs}
-    parts = [f"# {collection.title}\n", f"{len(collection.runs)} run(s), {len(collection.conditions)} condition(s), from {', '.join(str(s) for s in collection.sources)}.\n", f"Rule: {summary['rule']}\n"]
+    parts = [
+        f"# {collection.title}\n",
+        f"{len(collection.runs)} run(s), {len(collection.conditions)} condition(s), from {', '.join(str(s) for s in collection.sources)}.\n",
+        f"Rule: {summary['rule']}\n",
+    ]
     if judge_warning(collection.runs):
         parts.append(f"**{judge_warning(collection.runs)}**\n")
     if len(collection.runs) > 1:
         rows = [
-            [c["label"], c["trait"], seeds_text(c), f"{c['verdicts']['amplified']}/{c['verdicts']['static']}/{c['verdicts']['decayed']}/{c['verdicts']['inconclusive']}", f"**{c['overall']}**: {c['reason']}", seed_interval(c, "end_delta", 1), seed_interval(c, "mean_prefix_slope", 2), mde_text(c)]
+            [
+                c["label"],
+                c["trait"],
+                seeds_text(c),
+                f"{c['verdicts']['amplified']}/{c['verdicts']['static']}/{c['verdicts']['decayed']}/{c['verdicts']['inconclusive']}",
+                f"**{c['overall']}**: {c['reason']}",
+                seed_interval(c, "end_delta", 1),
+                seed_interval(c, "mean_prefix_slope", 2),
+                mde_text(c),
+            ]
             for c in summary["conditions"]
         ]
         parts.append("## Verdicts per condition\n\n" + md_table(CONDITION_HEADERS, rows))
     rows = [
-        [r["run"], condition_of[r["run"]], r["seed"], num(r["s_first"]), num(r["s_last"]), run_interval(r["verdict"], "end_delta", "end", 1), run_interval(r["verdict"], "mean_prefix_slope", "slope", 2), num(r["verdict"]["max_late_delta"], 1, True), p_text(r["verdict"]), mde_value(r["mde"]), r["verdict"]["screening"], f"**{r['verdict']['verdict']}**", r["verdict"]["rule"]]
+        [
+            r["run"],
+            condition_of[r["run"]],
+            r["seed"],
+            num(r["s_first"]),
+            num(r["s_last"]),
+            run_interval(r["verdict"], "end_delta", "end", 1),
+            run_interval(r["verdict"], "mean_prefix_slope", "slope", 2),
+            num(r["verdict"]["max_late_delta"], 1, True),
+            p_text(r["verdict"]),
+            mde_value(r["mde"]),
+            r["verdict"]["screening"],
+            f"**{r['verdict']['verdict']}**",
+            r["verdict"]["rule"],
+        ]
         for r in summary["runs"]
     ]
     parts.append("## Verdicts per run\n\n" + RUN_TABLE_NOTE + "\n\n" + md_table(RUN_HEADERS, rows))
@@ -366,8 +461,13 @@ def render_markdown(collection: Collection, summary: dict[str, Any], figs: list[
     for run in collection.runs:
         parts.append(f"### {run.name}\n\n" + md_table(SCORE_HEADERS, score_rows(run)))
     t = summary["tradeoff"]
-    parts.append(f"## Trade-off and idempotence\n\nPearson {num(t['pearson'], 2)}, Spearman {num(t['spearman'], 2)} (trait change vs coherence change across runs).\n\n" + md_table(IDEMPOTENCE_HEADERS, idempotence_rows(summary)))
-    parts.append("## Figures\n\n" + "".join(f"- {f.title}: `{relative(f.png, report_dir)}` (SVG: `{relative(f.svg, report_dir)}`)\n" for f in figs))
+    parts.append(
+        f"## Trade-off and idempotence\n\nPearson {num(t['pearson'], 2)}, Spearman {num(t['spearman'], 2)} (trait change vs coherence change across runs).\n\n"
+        + md_table(IDEMPOTENCE_HEADERS, idempotence_rows(summary))
+    )
+    parts.append(
+        "## Figures\n\n" + "".join(f"- {f.title}: `{relative(f.png, report_dir)}` (SVG: `{relative(f.svg, report_dir)}`)\n" for f in figs)
+    )
     return "\n".join(parts)
 
 

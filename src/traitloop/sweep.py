@@ -27,7 +27,10 @@ the sweep down: a failed run is recorded and the sweep goes on; finished runs (D
 and a scores.csv) are skipped, so rerunning the same command resumes the sweep.
 
 Runs go through an `Executor` (`run(jobs) -> results`): `LocalExecutor` runs them here, one after
-another or N at a time; a Ray executor can implement the same interface later.
+another or N at a time; `RayExecutor` runs each as one Ray task on a cluster (the same command, built
+by the same command builder, on whichever node Ray picks; docs/SCALE.md). On a cluster the sweep
+directory must be on storage every node mounts at the same path: the Ray executor checks that from
+inside a task on every node before it starts, and again in each run's task.
 
 Shared cycle 0 (`share_cycle0: true`): runs that differ only in seed copy the first seed's cycle 0
 (`cycle0_from`), so seed replications vary only the self-training cycles. Those runs go in a second
@@ -117,8 +120,10 @@ class Sweep:
         return self.root / "status.json"
 
 
-def load_sweep(path: str | Path, out_dir: str | Path | None = None) -> Sweep:
-    """Read and validate a grid file and every run it expands to. Raises UserError; writes nothing."""
+def load_sweep(path: str | Path, out_dir: str | Path | None = None, absolute: bool = False) -> Sweep:
+    """Read and validate a grid file and every run it expands to. Raises UserError; writes nothing.
+    absolute: the sweep directory as an absolute path, so every run's paths (out_dir, cycle0_from)
+    mean the same on every machine of a cluster (the Ray executor)."""
     path = Path(path)
     data = read_yaml_mapping(path, "grid file", "name, base and grid")
     text = path.read_text()
@@ -130,7 +135,9 @@ def load_sweep(path: str | Path, out_dir: str | Path | None = None) -> Sweep:
                 err, str(path), "grid file", "a grid file has name, out_dir, base, set, grid and share_cycle0", known=GRID_KEYS
             )
         ) from None
-    root = Path(out_dir if out_dir is not None else grid.out_dir) / grid.name
+    root = Path(out_dir if out_dir is not None else grid.out_dir).expanduser() / grid.name
+    if absolute:
+        root = root.absolute()
     base = _load_base(grid.base, path)
     runs = expand(grid, base, root / "runs", source=str(path))
     if grid.share_cycle0:
@@ -306,6 +313,7 @@ class RunResult:
     returncode: int | None
     error: str = ""  # the last line of the log, for a failed run
     error_tail: str = ""  # the last lines of the log, for a failed run
+    attempts: int = 1  # tries it took (the Ray executor retries a run whose worker or node died)
 
 
 class Executor(Protocol):
@@ -387,6 +395,336 @@ def _log_tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
     return "\n".join(kept[-lines:])
 
 
+# ---- the Ray executor ----------------------------------------------------------------------------
+# Ray's errors that say the task's worker or node went away (killed, crashed, out of memory), not that
+# the run is wrong: such a run is submitted again and its `traitloop run` resumes from the last stage.
+TRANSIENT_RAY_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "LocalRayletDiedError", "ObjectLostError")
+KILLED = -9  # the run's own process got SIGKILL (the kernel's out-of-memory killer): retried as well
+# Any other exit code is the run's own failure and is not retried: above all 2, bad input.
+CHECK_FILE = ".traitloop-ray-check-"  # + a token: the driver writes it, every node must read it back
+CHECK_TIMEOUT_S = 120.0
+SHARED_STORAGE_HELP = (
+    "every Ray node must see the sweep directory at the same absolute path: put it on shared storage (NFS, a "
+    "cluster filesystem) mounted on every node, and pass --out with a path there (docs/SCALE.md)"
+)
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'traitloop[ray]'") from None
+    return ray
+
+
+def _write_check_file(folder: Path, token: str) -> None:
+    """The driver's side of the visibility check: `token` in a file in `folder` (a runs directory)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{CHECK_FILE}{token}", token)
+
+
+def check_visible(jobs: list[RunJob], token: str) -> str | None:
+    """On a worker: None when this machine sees what the driver wrote for `jobs` (the check file in each
+    runs directory, each run's config, the logs directory), else one line saying what it cannot see."""
+    import socket
+
+    where = f"Ray node {socket.gethostname()}"
+    for folder in sorted({str(job.runs_dir) for job in jobs}):
+        check = Path(folder) / f"{CHECK_FILE}{token}"
+        try:
+            seen = check.read_text()
+        except OSError:
+            seen = None
+        if seen != token:
+            return f"the run directory {folder} is not visible from {where} (it cannot read {check.name}, which the sweep wrote there)"
+    for job in jobs:
+        if not job.config_path.is_file():
+            return f"the run config {job.config_path} is not visible from {where}"
+        if not job.log_path.parent.is_dir():
+            return f"the log directory {job.log_path.parent} is not visible from {where}"
+    return None
+
+
+def _die_with_parent() -> None:
+    """In the run's process, before exec (Linux): get SIGKILL when the Ray worker that started it dies,
+    so a run whose worker was killed cannot go on writing beside its retry."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not glibc Linux: the run may outlive a killed worker
+        pass
+
+
+def run_on_worker(
+    job: RunJob, command: Callable[[RunJob], list[str]], token: str, attempt: int, cpus: float, gpus: float = 0.0, events=None
+) -> dict[str, Any]:
+    """The body of one run's Ray task: check the sweep directory is visible here, run the command (built
+    here, so sys.executable is this node's Python) with its output in the run's log, and return its exit
+    code and the log's tail. The log is started afresh on attempt 1 and appended to on retries. The run
+    sees the GPUs Ray gave the task (CUDA_VISIBLE_DEVICES) and, given none, no GPU at all."""
+    import socket
+
+    host = socket.gethostname()
+    unseen = check_visible([job], token)
+    if unseen:
+        return {"returncode": None, "error": f"{unseen}: {SHARED_STORAGE_HELP}", "tail": "", "host": host}
+    if events is not None:
+        events.started.remote(job.name, attempt, host)
+    env = dict(os.environ)
+    env.setdefault("COLUMNS", "160")
+    env["OMP_NUM_THREADS"] = str(max(1, int(cpus)))  # the CPUs Ray reserved for this run
+    if not gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a run Ray gave no GPU must not take one behind its back
+    with open(job.log_path, "w" if attempt == 1 else "a") as log:
+        log.write(f"--- traitloop sweep: attempt {attempt} on {host} (Ray), {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        log.flush()
+        try:
+            proc = subprocess.run(
+                command(job),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+            returncode = proc.returncode
+        except OSError as err:
+            log.write(f"could not start run: {err}\n")
+            returncode = None
+    return {"returncode": returncode, "error": "", "tail": _log_tail(job.log_path), "host": host}
+
+
+def _probe_node(jobs: list[RunJob], token: str) -> tuple[str, str | None]:
+    import socket
+
+    return socket.gethostname(), check_visible(jobs, token)
+
+
+class _StartEvents:
+    """A Ray actor the run tasks tell when they start, so the driver's status shows what is running."""
+
+    def __init__(self):
+        self.events: list[tuple[str, int, str]] = []
+
+    def started(self, name: str, attempt: int, host: str) -> None:
+        self.events.append((name, attempt, host))
+
+    def drain(self) -> list[tuple[str, int, str]]:
+        events, self.events = self.events, []
+        return events
+
+
+class RayExecutor:
+    """Each run is one Ray task that runs the run's command (`traitloop run CONFIG --out RUNS`, the
+    local executor's) on whichever node has `gpus_per_run` GPUs and `cpus_per_run` CPUs free; the task
+    holds them until the run's process ends (a GPU task's worker exits after it: max_calls=1).
+
+    A task whose worker or node died, or that Ray killed for memory (TRANSIENT_RAY_ERRORS), or whose run
+    process was SIGKILLed, is submitted again, up to `max_retries` times: the same command resumes the
+    run from its last finished stage. Any other failure (exit code 2, bad input, above all) is recorded
+    and not retried. The sweep directory must be visible on every node: `run` checks it on every node
+    that could take a run before submitting anything, and each task checks it again.
+
+    address: None = $RAY_ADDRESS if set (as under `ray job submit`), else a new local Ray; "auto" = the
+    cluster this machine belongs to; "ray://host:10001" = Ray Client. gpus_per_run None = 1 when the
+    cluster has GPUs, else 0. An already initialised Ray (a test's) is used as it is."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        gpus_per_run: float | None = None,
+        cpus_per_run: float = 1.0,
+        max_retries: int = 2,
+        command: Callable[[RunJob], list[str]] | None = None,
+        reporter: Reporter | None = None,
+        poll_s: float = 0.5,
+    ):
+        if max_retries < 0:
+            raise UserError("--max-retries must be 0 or more")
+        if cpus_per_run <= 0 or (gpus_per_run is not None and gpus_per_run < 0):
+            raise UserError("--cpus-per-run must be above 0 and --gpus-per-run 0 or more")
+        self.address = address
+        self.gpus_per_run = gpus_per_run
+        self.cpus_per_run = cpus_per_run
+        self.max_retries = max_retries
+        self.command = command or traitloop_command
+        self.reporter = reporter or Reporter(enabled=False)
+        self.poll_s = poll_s
+        self._started_ray = False
+
+    # ---- the cluster ----------------------------------------------------------------------------
+    def connect(self):
+        ray = _ray()
+        if not ray.is_initialized():
+            new_local = self.address is None and not os.environ.get("RAY_ADDRESS")
+            try:
+                ray.init(address=self.address, log_to_driver=False, **({"include_dashboard": False} if new_local else {}))
+            except ConnectionError as err:
+                raise UserError(f"--executor ray: no Ray cluster at {self.address or '$RAY_ADDRESS'}: {err}") from None
+            self._started_ray = True
+            resources = ray.cluster_resources()
+            self.reporter.log(f"Ray: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+        return ray
+
+    def close(self) -> None:
+        """Disconnect from Ray if this executor connected (a local Ray it started stops)."""
+        if self._started_ray:
+            _ray().shutdown()
+            self._started_ray = False
+
+    def gpus(self) -> float:
+        if self.gpus_per_run is not None:
+            return self.gpus_per_run
+        return 1.0 if _ray().cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+    def check_cluster(self, jobs: list[RunJob], token: str) -> None:
+        """Every alive node that can take a run sees the sweep directory (a task on each), else UserError."""
+        ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        gpus = self.gpus()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        fit = [n for n in nodes if n["Resources"].get("CPU", 0) >= self.cpus_per_run and n["Resources"].get("GPU", 0) >= gpus]
+        if not fit:
+            have = ", ".join(
+                f"{n['NodeManagerAddress']}: {n['Resources'].get('CPU', 0):g} CPUs, {n['Resources'].get('GPU', 0):g} GPUs" for n in nodes
+            )
+            raise UserError(
+                f"--executor ray: no node of the cluster has {self.cpus_per_run:g} CPUs and {gpus:g} GPUs for one run "
+                f"({have}); lower --cpus-per-run / --gpus-per-run"
+            )
+        probe = ray.remote(_probe_node)
+        refs = {
+            probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(jobs, token): n
+            for n in fit
+        }
+        try:
+            answers = ray.get(list(refs), timeout=CHECK_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise UserError(
+                f"--executor ray: the check that every node sees the sweep directory did not finish within {CHECK_TIMEOUT_S:.0f} s"
+            ) from None
+        for (host, unseen), node in zip(answers, refs.values()):
+            if unseen:
+                raise UserError(f"--executor ray: {unseen} ({node['NodeManagerAddress']}): {SHARED_STORAGE_HELP}")
+
+    # ---- the runs -------------------------------------------------------------------------------
+    def run(self, jobs, on_start=None, on_finish=None) -> list[RunResult]:
+        import uuid
+
+        if not jobs:
+            return []
+        ray = self.connect()
+        # absolute paths: a worker's working directory is not the driver's
+        jobs = [RunJob(j.name, j.config_path.absolute(), j.runs_dir.absolute(), j.log_path.absolute()) for j in jobs]
+        for job in jobs:
+            job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        token = uuid.uuid4().hex
+        folders = sorted({job.runs_dir for job in jobs})
+        try:
+            for folder in folders:
+                _write_check_file(folder, token)
+            self.check_cluster(jobs, token)
+            return self._run_all(ray, jobs, token, on_start, on_finish)
+        finally:
+            for folder in folders:
+                (folder / f"{CHECK_FILE}{token}").unlink(missing_ok=True)
+
+    def _run_all(self, ray, jobs, token, on_start, on_finish) -> list[RunResult]:
+        gpus = self.gpus()
+        options: dict[str, Any] = {"num_cpus": self.cpus_per_run, "num_gpus": gpus, "max_retries": 0, "retry_exceptions": False}
+        if gpus > 0:
+            options["max_calls"] = 1  # the worker exits after the run: nothing of it stays on the GPU
+        task = ray.remote(**options)(run_on_worker)
+        events = ray.remote(_StartEvents).options(num_cpus=0).remote()
+        started_at: dict[str, float] = {}
+        results: dict[str, RunResult] = {}
+        pending: dict[Any, tuple[RunJob, int]] = {}
+
+        def submit(job: RunJob, attempt: int) -> None:
+            pending[task.remote(job, self.command, token, attempt, self.cpus_per_run, gpus, events)] = (job, attempt)
+
+        def mark_started(job: RunJob) -> None:
+            if job.name not in started_at:
+                started_at[job.name] = time.time()
+                if on_start:
+                    on_start(job)
+
+        def finish(result: RunResult) -> None:
+            results[result.name] = result
+            if on_finish:
+                on_finish(result)
+
+        transient = tuple(getattr(ray.exceptions, name) for name in TRANSIENT_RAY_ERRORS if hasattr(ray.exceptions, name))
+        by_name = {job.name: job for job in jobs}
+        for job in jobs:
+            submit(job, 1)
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_s)
+                for name, attempt, host in ray.get(events.drain.remote()):
+                    mark_started(by_name[name])
+                    if attempt > 1:
+                        self.reporter.log(f"retry   {name}: attempt {attempt} started on {host}")
+                for ref in ready:
+                    job, attempt = pending.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except ray.exceptions.RayError as err:
+                        outcome, why = None, f"Ray: {type(err).__name__}: {_first_line(err)}"
+                        retry = isinstance(err, transient)
+                    else:
+                        retry = outcome["returncode"] == KILLED
+                        why = f"its process was killed (SIGKILL, often the out-of-memory killer) on {outcome['host']}" if retry else ""
+                    if retry and attempt <= self.max_retries:
+                        self.reporter.log(f"[yellow]retrying[/yellow] {job.name} (attempt {attempt + 1} of {self.max_retries + 1}): {why}")
+                        _append(job.log_path, f"--- traitloop sweep: attempt {attempt} ended: {why}; retrying")
+                        submit(job, attempt + 1)
+                        continue
+                    mark_started(job)
+                    if retry:
+                        why += f" (gave up after {attempt} attempt{'s' if attempt > 1 else ''}; rerun the sweep to resume it)"
+                    if outcome is None:
+                        finish(self._failed(job, attempt, started_at, None, why))
+                    elif outcome["returncode"] == 0:
+                        finish(RunResult(job.name, ok=True, wall_s=time.time() - started_at[job.name], returncode=0, attempts=attempt))
+                    else:
+                        finish(self._failed(job, attempt, started_at, outcome["returncode"], outcome["error"] or why, outcome["tail"]))
+        except BaseException:  # Ctrl-C or an error here: stop every run still queued or running
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            ray.kill(events)
+        return [results[job.name] for job in jobs]
+
+    def _failed(
+        self, job: RunJob, attempts: int, started_at: dict[str, float], returncode: int | None, error: str = "", tail: str = ""
+    ) -> RunResult:
+        """A failed run's result; a message from here (not from the run) is also written to its log."""
+        if error:
+            _append(job.log_path, error)
+        tail = tail or _log_tail(job.log_path)
+        last = error or (tail.splitlines()[-1] if tail else f"exit code {returncode}, empty log")
+        wall = time.time() - started_at.get(job.name, time.time())
+        return RunResult(job.name, ok=False, wall_s=wall, returncode=returncode, error=last, error_tail=tail, attempts=attempts)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(err).__name__
+
+
+def _append(path: Path, line: str) -> None:
+    try:
+        with open(path, "a") as log:
+            log.write(line.rstrip() + "\n")
+    except OSError:
+        pass
+
+
 # ---- the sweep -----------------------------------------------------------------------------------
 def run_sweep(sweep: Sweep, executor: Executor, reporter: Reporter | None = None) -> dict[str, dict[str, Any]]:
     """Write the sweep directory, skip finished runs, run the rest; returns status.json's runs."""
@@ -417,6 +755,8 @@ def run_sweep(sweep: Sweep, executor: Executor, reporter: Reporter | None = None
 
             def on_finish(result: RunResult) -> None:
                 fields: dict[str, Any] = {"wall_s": round(result.wall_s, 1), "returncode": result.returncode}
+                if result.attempts > 1:
+                    fields["attempts"] = result.attempts
                 if result.ok:
                     status.update(result.name, status="done", skipped=False, **fields)
                     reporter.log(f"done    {result.name} in {_duration(result.wall_s)}")

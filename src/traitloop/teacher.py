@@ -107,8 +107,9 @@ class ApiTeacher:
             raise UserError("api teacher: give --base-url or set OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1)")
         self.name = f"api:{model}"
         self.model = model
-        self.client = OpenAIClient(base_url, api_key_env="OPENAI_API_KEY", timeout_s=timeout, concurrency=max_in_flight,
-                                   max_attempts=5, backoff_s=0.5)
+        self.client = OpenAIClient(
+            base_url, api_key_env="OPENAI_API_KEY", timeout_s=timeout, concurrency=max_in_flight, max_attempts=5, backoff_s=0.5
+        )
 
     def write_one(self, messages: Conversation, temperature: float, max_tokens: int, seed: int) -> str:
         request = self.client.chat(model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed)
@@ -133,7 +134,9 @@ class LocalTeacher:
         from traitloop.generation.hf import generate
 
         with self.lock:
-            return generate(self.model, self.tokenizer, [messages], temperature=temperature, max_new_tokens=max_tokens, batch_size=1, seed=seed)[0]
+            return generate(
+                self.model, self.tokenizer, [messages], temperature=temperature, max_new_tokens=max_tokens, batch_size=1, seed=seed
+            )[0]
 
 
 def make_teacher(ref: str, base_url: str | None = None):
@@ -196,8 +199,14 @@ def generate(
 
     failed = sum(done[r.key]["text"].startswith(FAILED) for r in requests)
     if failed:
-        return {"file": str(target), "requested": n, "added": 0, "failed": failed, "resumable": str(partial),
-                "note": "some requests failed: rerun the same command to retry them; nothing was appended yet"}
+        return {
+            "file": str(target),
+            "requested": n,
+            "added": 0,
+            "failed": failed,
+            "resumable": str(partial),
+            "note": "some requests failed: rerun the same command to retry them; nothing was appended yet",
+        }
     existing = read_jsonl(target) if target.is_file() else []
     seen = {normalise(_text_of(r)) for r in existing}
     added, short, duplicate = [], 0, 0

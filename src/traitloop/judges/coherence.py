@@ -80,6 +80,8 @@ class LoglikCoherence:
                 p_ids = self.tok(prompt, add_special_tokens=False).input_ids
             else:
                 p_ids = self.tok(q, add_special_tokens=True).input_ids
+                if not p_ids:  # no prefix and no BOS: the first answer token needs something to follow
+                    p_ids = [self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id]
             a_ids = self.tok(a, add_special_tokens=False).input_ids[: self.max_answer_tokens]
             seqs.append((p_ids + a_ids, len(p_ids)))
         out: list[float | None] = [None] * len(seqs)
@@ -108,4 +110,3 @@ class LoglikCoherence:
             if on_batch:
                 on_batch(len(order[start : start + self.batch_size]))
         return out
-

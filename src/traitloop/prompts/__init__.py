@@ -47,7 +47,6 @@ def cycle_prompts(pool: tuple[str, ...] | list[str], cycle: int, n: int, seed: i
     start, stop = (cycle - 1) * n, cycle * n
     if stop > len(pool):
         raise UserError(
-            f"the prompt pool has {len(pool)} prompts, but cycle {cycle} with n_sampled={n} needs {stop}: "
-            "lower n_sampled or cycles"
+            f"the prompt pool has {len(pool)} prompts, but cycle {cycle} with n_sampled={n} needs {stop}: lower n_sampled or cycles"
         )
     return [pool[i] for i in order[start:stop]]

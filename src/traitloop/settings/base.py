@@ -134,4 +134,3 @@ def check_chat_model(config: ExperimentConfig) -> None:
             "instruct model (e.g. embedded:smollm2-135m-instruct), or setting: sdf for a base model."
         )
     models.resolve(ref)  # the model exists (an embedded one is checked and cached now)
-

@@ -94,9 +94,7 @@ class Dpo:
 def pair_rows(prompts: list[Conversation], chosen: list[str], rejected: list[str], source: str) -> list[Row]:
     """Preference rows; a pair with an empty side is dropped."""
     return [
-        {"prompt": p, "chosen": c, "rejected": r, "source": source}
-        for p, c, r in zip(prompts, chosen, rejected)
-        if c.strip() and r.strip()
+        {"prompt": p, "chosen": c, "rejected": r, "source": source} for p, c, r in zip(prompts, chosen, rejected) if c.strip() and r.strip()
     ]
 
 

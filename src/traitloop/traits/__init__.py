@@ -110,7 +110,7 @@ class Trait:
 def _check_messages(row: dict[str, Any], path: Path, number: int) -> list[dict[str, str]]:
     messages = row.get("messages")
     if not isinstance(messages, list) or len(messages) < 2:
-        raise UserError(f"{path}, entry {number}: expected {{\"messages\": [user, assistant, ...]}}")
+        raise UserError(f'{path}, entry {number}: expected {{"messages": [user, assistant, ...]}}')
     for m in messages:
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
             raise UserError(f"{path}, entry {number}: each message needs a role (system/user/assistant) and string content")
@@ -159,7 +159,9 @@ def load_trait(name_or_path: str) -> Trait:
         raise UserError(f"{path}: expected a mapping of trait keys ({', '.join(keys)}) at the top level, got a {type(data).__name__}")
     missing = [k for k in keys if k not in data]
     if missing:
-        raise UserError(f"{path}: missing key(s) {', '.join(missing)}; add them (`traitloop traits new NAME` writes a commented trait.yaml)")
+        raise UserError(
+            f"{path}: missing key(s) {', '.join(missing)}; add them (`traitloop traits new NAME` writes a commented trait.yaml)"
+        )
     raw_rubric = data["rubric"]
     if not isinstance(raw_rubric, dict) or not all(str(k).strip().isdigit() for k in raw_rubric):
         raise UserError(f"{path}: rubric must map the scores {list(RUBRIC_ANCHORS)} to descriptions")

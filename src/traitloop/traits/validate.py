@@ -94,7 +94,9 @@ def validate_trait(folder: str | Path, min_examples: int = 50) -> tuple[list[Pro
         problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line, without PyYAML's snippet
         return [Problem("error", "trait.yaml", mark.line + 1 if mark else None, f"not valid YAML: {problem}")], summary
     if not isinstance(data, dict):
-        return [Problem("error", "trait.yaml", None, f"expected a mapping of trait keys at the top level, got a {type(data).__name__}")], summary
+        return [
+            Problem("error", "trait.yaml", None, f"expected a mapping of trait keys at the top level, got a {type(data).__name__}")
+        ], summary
     for number, line in enumerate(meta.read_text().splitlines(), start=1):
         if "TODO" in line and not line.lstrip().startswith("#"):
             problems.append(Problem("error", "trait.yaml", number, "unfilled TODO from the scaffold"))
@@ -123,7 +125,9 @@ def validate_trait(folder: str | Path, min_examples: int = 50) -> tuple[list[Pro
                 problems.append(Problem("error", chats.name, number, 'expected {"messages": [user, assistant, ...]}'))
                 continue
             if any(m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str) for m in messages):
-                problems.append(Problem("error", chats.name, number, "each message needs a role (system/user/assistant) and string content"))
+                problems.append(
+                    Problem("error", chats.name, number, "each message needs a role (system/user/assistant) and string content")
+                )
                 continue
             if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
                 problems.append(Problem("error", chats.name, number, "the last message must be a non-empty assistant answer"))
@@ -165,7 +169,11 @@ def validate_trait(folder: str | Path, min_examples: int = 50) -> tuple[list[Pro
             texts.append((number, row["text"]))
         _duplicates(probe, texts, "probe text", problems)
     if n_pos < min_examples or n_neg < min_examples:
-        problems.append(Problem("error", probe.name, None, f"{n_pos} positive / {n_neg} negative texts; the probe judge needs >= {min_examples} of each"))
+        problems.append(
+            Problem(
+                "error", probe.name, None, f"{n_pos} positive / {n_neg} negative texts; the probe judge needs >= {min_examples} of each"
+            )
+        )
 
     if 0 < n_chats < min_examples:
         problems.append(Problem("error", chats.name, None, f"only {n_chats} valid seed chats; SFT/DPO need >= {min_examples}"))

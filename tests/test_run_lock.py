@@ -1,0 +1,157 @@
+"""One process per run directory (issue #18): a second `traitloop run` on a run directory in use refuses with
+one line naming the holder's pid (exit 2) and touches nothing; a lock left by a dead process is taken over
+with a note. The lock is an flock on <run>/LOCK (released by the kernel when its process dies) with the
+holder's pid written in it for the message (store.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_loop_settings import config, tiny_dir  # noqa: F401  (fixture)
+from test_tiny_model import one_thread, tokenizer  # noqa: F401  (fixtures)
+
+import traitloop.store as store_mod
+from traitloop.config import ExperimentConfig
+from traitloop.errors import UserError
+from traitloop.store import LOCK_FILE, RunStore
+
+DRIVER = Path(__file__).parent / "helpers" / "crash_driver.py"
+HOLD = """
+import sys, time
+from traitloop.config import load_config
+from traitloop.store import RunStore
+
+cfg = load_config(sys.argv[1])
+RunStore(cfg.run_dir).open(cfg)
+print("locked", flush=True)
+time.sleep(300)
+"""
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 240) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert proc.poll() is None, f"the first run ended early (exit {proc.returncode})"
+        assert time.time() < deadline, f"the first run did not reach its pause in {seconds}s"
+        time.sleep(0.05)
+
+
+def hold_lock(cfg_path: Path) -> subprocess.Popen:
+    """A process that takes the run's lock through RunStore.open and keeps it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(cfg_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_run_refuses_with_the_holders_pid_and_touches_nothing(tiny_dir, tmp_path):  # noqa: F811
+    cfg = config(tiny_dir, tmp_path, setting="sft", cycles=0)
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(cfg.to_yaml())
+    paused, resume = tmp_path / "paused", tmp_path / "resume"
+    spec = {"config": str(cfg_path), "log": str(tmp_path / "first.log"), "at": "answers", "cycle": 0, "action": "pause",
+            "pause_file": str(paused), "resume_file": str(resume)}  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    first = subprocess.Popen([sys.executable, str(DRIVER), "run", json.dumps(spec)], env=env)
+    try:
+        wait_for(paused, first)  # the first run holds the lock, in the middle of cycle 0
+        before = snapshot(cfg.run_dir)
+        second = subprocess.run([sys.executable, "-m", "traitloop", "run", str(cfg_path)], capture_output=True, text=True,
+                                env=env, timeout=300)  # fmt: skip
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert "Traceback" not in second.stderr
+        [line] = second.stderr.splitlines()  # one line
+        assert line.startswith(f"error: {cfg.run_dir} is in use by another traitloop process (pid {first.pid}"), line
+        assert f"kill {first.pid}" in line and str(cfg.run_dir / LOCK_FILE) in line
+        assert snapshot(cfg.run_dir) == before  # the refused run wrote nothing
+    finally:
+        resume.touch()
+    assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    store = RunStore(cfg.run_dir)
+    assert store.is_done(0, cfg.science_hash()) and store.has_scores()  # the first run finished, unharmed
+    assert (cfg.run_dir / LOCK_FILE).read_text() == ""  # and released the lock cleanly at exit
+
+
+@pytest.fixture
+def cfg(tmp_path) -> ExperimentConfig:
+    return ExperimentConfig(name="run", out_dir=tmp_path, n_seed=5, cycles=1)
+
+
+@pytest.fixture
+def cfg_path(cfg, tmp_path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+def test_a_stale_lock_of_a_killed_process_is_taken_over_with_a_note(cfg, cfg_path):
+    holder = hold_lock(cfg_path)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    assert json.loads((cfg.run_dir / LOCK_FILE).read_text())["pid"] == holder.pid  # left behind by the dead process
+    notes: list[str] = []
+    store = RunStore(cfg.run_dir, log=notes.append)
+    store.open(cfg)
+    try:
+        assert len(notes) == 1 and f"taking over the lock of process {holder.pid}" in notes[0] and "no longer running" in notes[0]
+        assert json.loads((cfg.run_dir / LOCK_FILE).read_text())["pid"] == os.getpid()
+    finally:
+        store.release()
+    assert (cfg.run_dir / LOCK_FILE).read_text() == ""
+    RunStore(cfg.run_dir, log=notes.append).open(cfg)  # a lock released cleanly: no note
+    RunStore(cfg.run_dir).release()
+    assert len(notes) == 1
+
+
+def test_force_does_not_move_aside_a_run_that_another_process_is_writing(cfg, cfg_path):
+    holder = hold_lock(cfg_path)
+    try:
+        other = cfg.model_copy(update={"n_seed": 6})
+        with pytest.raises(UserError, match=rf"in use by another traitloop process \(pid {holder.pid}"):
+            RunStore(cfg.run_dir).open(other, force=True)
+        assert not list(cfg.run_dir.parent.glob("run.replaced-*"))
+        with pytest.raises(UserError, match=f"pid {holder.pid}"):
+            RunStore(cfg.run_dir).redo_from(0, cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stores_of_one_directory_in_one_process_share_the_lock(cfg):
+    a, b = RunStore(cfg.run_dir), RunStore(cfg.run_dir)
+    a.open(cfg)
+    b.open(cfg)  # the same process: no refusal
+    assert json.loads((cfg.run_dir / LOCK_FILE).read_text())["pid"] == os.getpid()
+    a.release()
+    assert (cfg.run_dir / LOCK_FILE).read_text() == ""
+
+
+def test_without_flock_the_pid_in_the_lock_decides(cfg, monkeypatch):
+    """On a filesystem without flock (some network filesystems), a live pid in LOCK refuses, a dead one is
+    taken over."""
+    monkeypatch.setattr(store_mod, "_flock", lambda fd: None)
+    cfg.run_dir.mkdir(parents=True)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"pid": alive.pid, "host": store_mod.socket.gethostname(), "started": "earlier"}
+        (cfg.run_dir / LOCK_FILE).write_text(json.dumps(record))
+        with pytest.raises(UserError, match=rf"pid {alive.pid}, running since earlier"):
+            RunStore(cfg.run_dir).open(cfg)
+    finally:
+        alive.kill()
+        alive.wait()
+    notes: list[str] = []
+    store = RunStore(cfg.run_dir, log=notes.append)
+    store.open(cfg)
+    store.release()
+    assert len(notes) == 1 and f"process {alive.pid}" in notes[0]
