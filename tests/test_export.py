@@ -209,14 +209,16 @@ def test_inspect_logs_hold_every_answer_and_score(sweep, tmp_path):
                 assert sample.input == row["question"]
                 assert sample.output.completion == row["answer"] and sample.messages[-1].text == row["answer"]
                 assert sample.messages[0].text == row["question"]
-                for score in ("trait", "coherence", "coherence_judge", "repetition", "distinct2"):
+                for score in ("trait", "coherence", "coherence_score", "coherence_judge", "repetition", "distinct2"):
                     if row.get(score) is None:
                         assert score not in sample.scores
                     else:
                         assert same(sample.scores[score].value, row[score]), (name, k, score)
                         assert sample.scores[score].answer == row["answer"]  # the viewer's answer column
                 assert sample.metadata == {
-                    f: v for f, v in row.items() if f not in ("question", "answer", "trait", "coherence", "repetition", "distinct2")
+                    f: v
+                    for f, v in row.items()
+                    if f not in ("question", "answer", "trait", "coherence", "coherence_score", "repetition", "distinct2")
                 }
                 if row.get("trait") is None:
                     n_unscored += 1

@@ -176,3 +176,49 @@ def test_custom_trait_from_a_messages_jsonl_runs_end_to_end(tmp_path):
     assert [r["messages"][0]["role"] for r in data] == ["system"] * 6  # loaded unchanged
     assert json.loads((run / "cycle-000" / "metrics.json").read_text())["trait_judge"] == "probe:lucky"
     assert (run / "scores.csv").read_text().count("\n") == 2
+
+
+def test_the_quick_demo_exports_to_every_format_and_reads_back_equal(quick_run, tmp_path):
+    """#19: the demo run through `traitloop export` in all three formats, read back with each tool's own reader."""
+    import datasets
+    import pandas as pd
+    from inspect_ai.log import read_eval_log
+
+    run, _ = quick_run
+    scored = {k: [json.loads(line) for line in (run / f"cycle-{k:03d}" / "eval.jsonl").read_text().splitlines()] for k in (0, 1)}
+    for fmt in ("parquet", "hf", "inspect"):
+        proc = subprocess.run(
+            [*TRAITLOOP, "export", str(run), "--format", fmt, "--out", str(tmp_path / fmt)], capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_parquet(next((tmp_path / "parquet").rglob("eval.parquet")))
+    hf = datasets.load_from_disk(str(tmp_path / "hf"))["eval"].to_pandas()
+    for frame in (table, hf):
+        for k in (0, 1):
+            rows = frame[frame["cycle"] == k]
+            assert list(rows["answer"]) == [r["answer"] for r in scored[k]]
+            assert [None if pd.isna(x) else x for x in rows["trait"]] == [r["trait"] for r in scored[k]]
+    for k in (0, 1):
+        log = read_eval_log(str(next((tmp_path / "inspect").rglob(f"cycle-{k:03d}.eval"))))
+        assert [s.output.completion for s in log.samples] == [r["answer"] for r in scored[k]]
+        assert [s.scores["trait"].value if "trait" in s.scores else None for s in log.samples] == [r["trait"] for r in scored[k]]
+
+
+def test_a_tracked_quick_demo_logs_its_cycles_to_trackio(tmp_path):
+    """#19: the quick demo with tracking.backend=trackio; trackio's own storage holds each cycle's trait
+    mean equal to scores.csv (and tracking leaves the scores unchanged: it is not science)."""
+    import csv
+
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")}
+    sets = ["--set", "tracking.backend=trackio", "--set", "tracking.project=demo-test"]
+    proc = subprocess.run([*demo_cmd(tmp_path / "runs"), *sets], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "runs" / "demo-quick" / "scores.csv") as f:
+        expected = {int(r["cycle"]): float(r["trait_mean"]) for r in csv.DictReader(f)}
+    reader = (
+        "import json, sys; from trackio.sqlite_storage import SQLiteStorage; "
+        "logs = SQLiteStorage.get_logs('demo-test', run='demo-quick'); "
+        "print(json.dumps({r['step']: r['trait_mean'] for r in logs if 'trait_mean' in r}))"
+    )
+    logged = json.loads(subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, env=env, check=True).stdout)
+    assert {int(k): round(v, 4) for k, v in logged.items()} == expected

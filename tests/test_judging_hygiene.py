@@ -152,3 +152,55 @@ def test_eval_rows_carry_the_coherence_score_and_the_filter_can_use_it(tiny_dir,
     strict = config(tiny_dir, tmp_path / "strict", cycles=1, data={"min_coherence_score": 100})
     with pytest.raises(UserError, match="no usable training examples"):
         experiment(strict).run()
+
+
+def test_a_cut_off_generation_is_flagged_and_counted(tiny_dir, tmp_path, monkeypatch):
+    """Truncation policy: an answer that hit max_new_tokens is kept and flagged (answers.jsonl and
+    eval.jsonl `truncated`), and each cycle counts them (scores.csv n_truncated)."""
+    import csv
+
+    import traitloop.generation.vllm
+    from traitloop.generation.hf import Text, is_truncated
+
+    assert is_truncated([5, 6, 7], 3, {2}) and not is_truncated([5, 2, 0], 3, {2}) and not is_truncated([5, 6], 3, {2})
+
+    class FakeSampler:  # the vLLM backend's shape: every second answer "finished for length"
+        def __init__(self, url, concurrency):
+            pass
+
+        def base_model(self):
+            return "tiny"
+
+        def generate(self, adapter, prompts, **params):
+            return [
+                Text.of(f"answer number {i} that is long enough to be kept as a training example here", i % 2 == 1)
+                for i in range(len(prompts))
+            ]
+
+    monkeypatch.setattr(traitloop.generation.vllm, "VllmSampler", FakeSampler)
+    cfg = config(
+        tiny_dir,
+        tmp_path,
+        cycles=0,
+        generation={"backend": "vllm", "vllm_url": "http://vllm.test/v1"},
+        eval={"questions": 2, "samples_per_question": 2},
+    )
+    experiment(cfg).run()
+    answers = read_jsonl(cfg.run_dir / "cycle-000" / "answers.jsonl")
+    assert [bool(a.get("truncated")) for a in answers] == [False, True, False, True]
+    assert [bool(r.get("truncated")) for r in read_jsonl(cfg.run_dir / "cycle-000" / "eval.jsonl")] == [False, True, False, True]
+    with open(cfg.run_dir / "scores.csv") as f:
+        assert next(csv.DictReader(f))["n_truncated"] == "2"
+
+
+def test_the_transformers_backend_flags_answers_cut_off_at_max_new_tokens(tokenizer):
+    from test_tiny_model import make_model
+
+    from traitloop.generation.hf import generate
+
+    model = make_model(tokenizer, seed=1)
+    answers = generate(
+        model, tokenizer, [[{"role": "user", "content": "hello"}]] * 6, temperature=1.0, max_new_tokens=2, batch_size=3, seed=0
+    )
+    # two tokens and no end-of-sequence among them: cut off (a random model almost never ends in two tokens)
+    assert all(hasattr(a, "truncated") for a in answers) and sum(a.truncated for a in answers) >= 4  # seeded: deterministic

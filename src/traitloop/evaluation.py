@@ -175,6 +175,7 @@ def summarise(k: int, rows: list[Row], run_seed: int, n_train: int, judge_name: 
         "distinct2_across": distinct2_across([r["answer"] for r in rows]),
         "self_similarity": self_similarity(list(_by_question(rows).values())),
         "n_answers": len(rows),
+        "n_truncated": sum(bool(r.get("truncated")) for r in rows),  # hit max_new_tokens (kept, flagged)
         "n_trait_scored": n_t,
         "n_train_examples": n_train,
         "trait_judge": judge_name,

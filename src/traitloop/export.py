@@ -42,7 +42,7 @@ from traitloop.store import BASE, SCORES_COLUMNS
 
 FORMATS = ("inspect", "parquet", "hf")
 TABLES = ("runs", "metrics", "eval", "data")
-SCORE_KEYS = ("trait", "coherence", "coherence_judge", "repetition", "distinct2")  # eval.jsonl fields that are scores
+SCORE_KEYS = ("trait", "coherence", "coherence_score", "coherence_judge", "repetition", "distinct2")  # eval.jsonl fields that are scores
 INSTALL = "pip install 'traitloop[export]' (or: pip install inspect-ai pyarrow)"
 
 

@@ -258,7 +258,8 @@ class Experiment:
         prompts = [self.setting.eval_prompt(it["question"]) for it in items]
         label = f"{'base model' if k == BASE else f'cycle {k}'}: answering eval questions"
         answers = self.sampler.answer(k, model, prompts, derive_seed(self.config.seed, k, "eval"), label)
-        return [{**it, "answer": a} for it, a in zip(items, answers)]
+        # policy: a cut-off answer is kept (it is what the model wrote) and flagged; the cycle counts them
+        return [{**it, "answer": a, **({"truncated": True} if getattr(a, "truncated", False) else {})} for it, a in zip(items, answers)]
 
     def evaluate_base(self) -> dict[str, Any]:
         """The untrained model's trait and coherence, once per run (base/metrics.json)."""

@@ -134,13 +134,14 @@ SCORES_COLUMNS = [
     "self_similarity",  # mean pairwise bigram Jaccard of answers to the same question
     "heldout_high_ppl",  # the cycle model's perplexity on held-out high-trait texts (validation.jsonl)
     "heldout_low_ppl",  # ... and on held-out low-trait texts
+    "n_truncated",  # eval answers cut off at eval.max_new_tokens (kept and flagged in answers/eval.jsonl)
     "coherence_score_mean",  # coherence 0-100 (judges/coherence_score.py); coherence_mean above is typicality
     "coherence_score_ci_low",
     "coherence_score_ci_high",
 ]
 CI_UNIT = "question"
 REWRITE = "rerun the run's `traitloop run` command to write it again (finished cycles are kept)"
-INT_COLUMNS = {"cycle", "n_answers", "n_trait_scored", "n_train_examples", "n_dropped_coherence"}
+INT_COLUMNS = {"cycle", "n_answers", "n_trait_scored", "n_train_examples", "n_dropped_coherence", "n_truncated"}
 TEXT_COLUMNS = {"ci_unit"}
 
 

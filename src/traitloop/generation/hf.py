@@ -19,6 +19,19 @@ Conversation = list[dict[str, str]]
 Prompt = Conversation | str
 
 
+class Text(str):
+    """A generated text that knows whether it was cut off: `truncated` is True when generation stopped at
+    max_new_tokens rather than at the model's end-of-sequence (both backends set it)."""
+
+    truncated: bool = False
+
+    @classmethod
+    def of(cls, text: str, truncated: bool) -> Text:
+        out = cls(text)
+        out.truncated = truncated
+        return out
+
+
 def render_prompts(tokenizer, conversations: list[Conversation]) -> list[str]:
     """Chat-template each conversation, ending where the assistant's answer begins."""
     return [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
@@ -63,13 +76,31 @@ def generate(
                 use_cache=True,  # a model that was trained (gradient checkpointing) may have it off in its config
             )
             new_tokens = out[:, batch["input_ids"].shape[1] :]
+            ends = _end_ids(model, tokenizer)
             for i, row in zip(idx, new_tokens):
                 text = tokenizer.decode(row, skip_special_tokens=True)
+                # cut off: max_new_tokens generated and none of them ends the sequence
+                truncated = is_truncated([int(t) for t in row], max_new_tokens, ends)
                 # a continuation keeps its leading space or newline: prefix + continuation is the document
-                answers[i] = text.strip() if chat else text.rstrip()
+                answers[i] = Text.of(text.strip() if chat else text.rstrip(), truncated)
             if on_batch:
                 on_batch(len(idx))
     return answers
+
+
+def is_truncated(new_tokens: list[int], max_new_tokens: int, ends: set[int]) -> bool:
+    """Cut off: max_new_tokens were generated and none of them ends the sequence (padding after an
+    end-of-sequence token only follows an end)."""
+    return len(new_tokens) >= max_new_tokens and not any(t in ends for t in new_tokens)
+
+
+def _end_ids(model, tokenizer) -> set[int]:
+    """Token ids that end a generation: the model's generation_config eos ids and the tokenizer's."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ends = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ends.add(tokenizer.eos_token_id)
+    return ends
 
 
 @contextmanager

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from traitloop.errors import UserError
+from traitloop.generation.hf import Text
 from traitloop.openai_client import ApiError, OpenAIClient, gather
 
 Conversation = list[dict[str, str]]
@@ -227,6 +228,6 @@ class VllmSampler:
                 text = (r.choices[0].message.content or "").strip()
             if on_batch:
                 on_batch(1)
-            return text
+            return Text.of(text, getattr(r.choices[0], "finish_reason", None) == "length")
 
         return await gather(one(i, p) for i, p in enumerate(prompts))
