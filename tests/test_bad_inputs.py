@@ -10,11 +10,11 @@ anything is trained: the whole catalogue runs in seconds.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers.cli import run_cli_split
 
 # ---- the files cases start from ------------------------------------------------------------------
 CHAT = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
@@ -770,27 +770,12 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def run_traitloop(argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """`traitloop ARGV` in-process -> (exit code, stdout, stderr), with a wide terminal so nothing wraps."""
-    from traitloop.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["traitloop", *argv])
-    monkeypatch.setenv("COLUMNS", "200")
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_gives_one_line_and_exit_code_2(case, tmp_path, monkeypatch, capsys):
     write_files(tmp_path, case.files)
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path)
-    code, out, err = run_traitloop(case.argv, monkeypatch, capsys)
+    code, out, err = run_cli_split(case.argv, monkeypatch, capsys)
     assert "Traceback" not in out + err, err
     assert code == 2, f"exit code {code}\n{out}{err}"
     assert err.splitlines() == [f"error: {case.message}"], err

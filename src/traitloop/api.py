@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traitloop.config import ExperimentConfig, build_config, read_yaml_mapping
+from traitloop.config import ExperimentConfig, _deep_merge, build_config, read_yaml_mapping
 from traitloop.errors import UserError
 
 
@@ -127,13 +127,6 @@ def overrides_dict(overrides: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
-
-
 def make_config(config_or_path: str | Path | dict[str, Any] | ExperimentConfig, **overrides: Any) -> ExperimentConfig:
     """A validated config from a YAML path, a mapping or an ExperimentConfig, with overrides applied."""
     if isinstance(config_or_path, ExperimentConfig):
@@ -144,7 +137,7 @@ def make_config(config_or_path: str | Path | dict[str, Any] | ExperimentConfig, 
         data, source = read_yaml_mapping(config_or_path), str(config_or_path)
     else:
         raise UserError(f"run(): give a config path, a mapping or an ExperimentConfig, not a {type(config_or_path).__name__}")
-    return build_config(_merge(data, overrides_dict(overrides)), source=source)
+    return build_config(_deep_merge(data, overrides_dict(overrides)), source=source)
 
 
 def run(
