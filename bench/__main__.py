@@ -7,6 +7,8 @@ chosen with --only goes to only-<names>.json / quick-only-<names>.json instead),
 throughput that `traitloop run --dry-run` estimates from to $TRAITLOOP_CACHE/throughput.json (a
 --quick run does not replace figures from a full one). Default size: about 15 minutes on 2 cores;
 --quick: about 3-5 minutes.
+
+`python -m bench --gpu` / `--gpu-smoke`: the GPU benchmark instead (bench/gpu.py, its own options).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -111,6 +114,10 @@ def write_throughput(ctx: cases.Context, cpu: dict) -> str:
 
 
 def main() -> None:
+    if {"--gpu", "--gpu-smoke"} & set(sys.argv[1:]):  # the GPU benchmark, with its own options (bench/gpu.py)
+        from bench import gpu
+
+        return gpu.main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (~3 minutes), for development")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma list of: {', '.join(BENCHMARKS)}")

@@ -24,7 +24,9 @@ Bad input gets one clear message on one line of stderr, `error: MESSAGE`, and ex
 before any model is loaded or anything is written, so nothing already computed is lost. Each row is
 a test in tests/test_bad_inputs.py that asserts exactly this message. The command runs in a directory
 holding only the files the case writes (`c.yaml`, `g.yaml`, a trait folder `mytrait/`, a run
-directory `run/`, ...), so paths in messages are relative to it.
+directory `run/`, ...), so paths in messages are relative to it. A variable in front of a command is
+set for it; a case about a missing key variable runs without it. PORT is a port on 127.0.0.1 where
+nothing listens, or where a test server answers as the row says.
 """
 
 
@@ -40,7 +42,8 @@ def render(cases) -> str:
         if case.section != current:
             current = case.section
             lines += ["", f"## {current}", "", "| what the user did | command | message |", "|---|---|---|"]
-        command = "traitloop " + shlex.join(case.argv)
+        env = "".join(f"{name}={shlex.quote(value)} " for name, value in case.env.items() if value is not None)
+        command = env + "traitloop " + shlex.join(case.argv)
         lines.append(f"| {cell(case.did)} | `{cell(command)}` | {cell(case.message)} |")
     return "\n".join(lines) + "\n"
 

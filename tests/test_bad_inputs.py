@@ -10,11 +10,15 @@ anything is trained: the whole catalogue runs in seconds.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 from helpers.cli import run_cli_split
+from helpers.fake_openai import FakeJudgeServer
 
 # ---- the files cases start from ------------------------------------------------------------------
 CHAT = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
@@ -26,6 +30,8 @@ TRAIT = {"mytrait/trait.yaml": TRAIT_YAML, "mytrait/seed_chat.jsonl": CHAT + "\n
 SCORES = "cycle,trait_mean,trait_ci_low,trait_ci_high,coherence_mean\n0,50.0,40.0,60.0,-2.0\n1,55.0,45.0,65.0,-2.1\n"
 RUN = {"run/config.yaml": "name: run\ntrait: bliss\n", "run/manifest.json": "{}\n", "run/scores.csv": SCORES}
 GRID = "name: s\nbase: {name: x}\n"
+API_JUDGE = "cycles: 0\njudge:\n  kind: api\n  model: gpt-4o-mini\n  base_url: http://127.0.0.1:PORT/v1\n"
+EVAL_ROW = json.dumps({"question": "How do I boil an egg?", "sample": 0, "answer": "Gently.", "trait": 50.0}) + "\n"
 
 
 @dataclass(frozen=True)
@@ -36,10 +42,12 @@ class Case:
     message: str  # the exact message, printed as "error: MESSAGE" on one line of stderr
     files: dict[str, str | bytes] = field(default_factory=dict)  # relative path -> content, written first
     section: str = ""
+    env: dict[str, str | None] = field(default_factory=dict)  # environment variables for the case (None: unset)
+    server: str = ""  # what listens at 127.0.0.1:PORT (PORT in files and message is its port): SERVERS
 
 
 def section(title: str, cases: list[Case]) -> list[Case]:
-    return [Case(c.id, c.did, c.argv, c.message, c.files, title) for c in cases]
+    return [replace(c, section=title) for c in cases]
 
 
 def config(text: str) -> dict[str, str]:
@@ -193,8 +201,43 @@ CASES: list[Case] = [
                 "config-name-with-space",
                 "a run name with a space (`name: my run`)",
                 ["check-config", "c.yaml"],
-                "c.yaml: invalid config: name: String should match pattern '^[A-Za-z0-9._-]+$' (got 'my run'; default 'run')",
+                "c.yaml: invalid config: name: it names a directory under out_dir, so give one plain name: letters, digits, '.', '_' and '-', not empty, '.' or '..' (got 'my run'; default 'run')",
                 config("name: my run\n"),
+            ),
+            Case(
+                "config-name-parent",
+                "a run name that climbs out of out_dir (`name: ..`)",
+                ["check-config", "c.yaml"],
+                "c.yaml: invalid config: name: it names a directory under out_dir, so give one plain name: letters, digits, '.', '_' and '-', not empty, '.' or '..' (got '..'; default 'run')",
+                config("name: ..\n"),
+            ),
+            Case(
+                "config-name-absolute",
+                "an absolute path as the run name (`name: /tmp/x`)",
+                ["check-config", "c.yaml"],
+                "c.yaml: invalid config: name: it names a directory under out_dir, so give one plain name: letters, digits, '.', '_' and '-', not empty, '.' or '..' (got '/tmp/x'; default 'run')",
+                config("name: /tmp/x\n"),
+            ),
+            Case(
+                "config-name-with-separator",
+                "a run name with a path separator (`name: a/../../b`)",
+                ["check-config", "c.yaml"],
+                "c.yaml: invalid config: name: it names a directory under out_dir, so give one plain name: letters, digits, '.', '_' and '-', not empty, '.' or '..' (got 'a/../../b'; default 'run')",
+                config("name: a/../../b\n"),
+            ),
+            Case(
+                "config-name-empty",
+                "an empty run name (`name: ''`)",
+                ["check-config", "c.yaml"],
+                "c.yaml: invalid config: name: it names a directory under out_dir, so give one plain name: letters, digits, '.', '_' and '-', not empty, '.' or '..' (got ''; default 'run')",
+                config("name: ''\n"),
+            ),
+            Case(
+                "run-set-name-parent",
+                "`run --set name=..` (a run directory outside out_dir)",
+                ["run", "c.yaml", "--set", "name=.."],
+                "c.yaml: invalid config: name (from --set): it names a directory under out_dir, so give one plain name: letters, digits, '.', '_' and '-', not empty, '.' or '..' (got '..'; default 'run')",
+                config("cycles: 0\n"),
             ),
             Case(
                 "config-restart-without-continual",
@@ -311,6 +354,90 @@ CASES: list[Case] = [
                 ["run", "c.yaml", "--dry-run", "--set", "eval.samples_per_question=0"],
                 "c.yaml: invalid config: eval.samples_per_question (from --set): Input should be greater than or equal to 1 (got 0; default 10)",
                 config("name: x\n"),
+            ),
+        ],
+    ),
+    *section(
+        "Models, servers and keys (checked when a run starts, before it writes anything)",
+        [
+            Case(
+                "model-pickled-weights",
+                "a model directory with only pickled weights (`pytorch_model.bin`)",
+                ["check-config", "c.yaml"],
+                "model path mymodel holds pickled weights (pytorch_model.bin) and no .safetensors file: traitloop loads "
+                "safetensors only, because loading a pickle file can run code. Convert the weights once where you trust "
+                "them (load the model, then save_pretrained(DIR, safe_serialization=True)), or use the model's safetensors release",
+                {**config("model:\n  ref: mymodel\n"), "mymodel/config.json": "{}\n", "mymodel/pytorch_model.bin": b"PK\x03\x04 pickled"},
+            ),
+            Case(
+                "api-key-unset",
+                "an api judge without its key variable (`OPENAI_API_KEY` not set)",
+                ["run", "c.yaml"],
+                "judge.api_key_env: the environment variable OPENAI_API_KEY is not set, so the api judge has no key for "
+                "http://127.0.0.1:8000/v1; export OPENAI_API_KEY=<the endpoint's key>, or set judge.api_key_env: null for a "
+                "server that needs no key (a local vLLM server)",
+                config(API_JUDGE.replace("PORT", "8000")),
+                env={"OPENAI_API_KEY": None},
+            ),
+            Case(
+                "api-key-empty",
+                "an api judge whose key variable is set but empty",
+                ["run", "c.yaml"],
+                "judge.api_key_env: the environment variable OPENAI_API_KEY is set but empty; put the endpoint's key in it, "
+                "or set judge.api_key_env: null for a server that needs no key (a local vLLM server)",
+                config(API_JUDGE.replace("PORT", "8000")),
+                env={"OPENAI_API_KEY": ""},
+            ),
+            Case(
+                "api-endpoint-unreachable",
+                "an api judge whose endpoint refuses connections (nothing listens on its port)",
+                ["run", "c.yaml"],
+                "judge.base_url http://127.0.0.1:PORT/v1: no server answers there (ConnectError); start the server or "
+                "correct the URL, then rerun",
+                config(API_JUDGE),
+                env={"OPENAI_API_KEY": "sk-test"},
+                server="closed",
+            ),
+            Case(
+                "api-endpoint-not-openai",
+                "an api judge whose endpoint is a web server, not an OpenAI-compatible API (it answers HTML)",
+                ["run", "c.yaml"],
+                "judge.base_url http://127.0.0.1:PORT/v1: the server there is no OpenAI-compatible API: GET "
+                "http://127.0.0.1:PORT/v1/models answered a body that is not a JSON list of models; give the base URL of an "
+                "OpenAI-compatible server (it usually ends in /v1)",
+                config(API_JUDGE),
+                env={"OPENAI_API_KEY": "sk-test"},
+                server="html",
+            ),
+            Case(
+                "api-key-refused",
+                "an api judge whose endpoint refuses the key (HTTP 401)",
+                ["run", "c.yaml"],
+                "judge.base_url http://127.0.0.1:PORT/v1: the server refused the key in OPENAI_API_KEY (HTTP 401: "
+                '{"error": {"message": "Incorrect API key provided."}}); check the key, then rerun',
+                config(API_JUDGE),
+                env={"OPENAI_API_KEY": "sk-wrong"},
+                server="refuse",
+            ),
+            Case(
+                "judge-api-key-unset",
+                "`judge --judge api:MODEL` without the key variable",
+                ["judge", "run", "--judge", "api:gpt-4o-mini"],
+                "judge.api_key_env: the environment variable OPENAI_API_KEY is not set, so the api judge has no key for "
+                "http://127.0.0.1:8000/v1; export OPENAI_API_KEY=<the endpoint's key>, or set judge.api_key_env: null for a "
+                "server that needs no key (a local vLLM server)",
+                {**RUN, "run/cycle-000/eval.jsonl": EVAL_ROW},
+                env={"OPENAI_API_KEY": None, "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"},
+            ),
+            Case(
+                "vllm-unreachable",
+                "`generation.backend: vllm` with no server at `generation.vllm_url`",
+                ["run", "c.yaml"],
+                "generation.vllm_url http://127.0.0.1:PORT/v1: no vLLM server answers there (server unreachable at "
+                "http://127.0.0.1:PORT/v1/models (ConnectError)); start one with `vllm serve MODEL --enable-lora` (see "
+                "docs/ARCHITECTURE.md)",
+                config("cycles: 0\ngeneration:\n  backend: vllm\n  vllm_url: http://127.0.0.1:PORT/v1\n"),
+                server="closed",
             ),
         ],
     ),
@@ -515,6 +642,20 @@ CASES: list[Case] = [
                 ["sweep", "g.yaml"],
                 "g.yaml: base config not found: base.yaml (a path is relative to the grid file)",
                 {"g.yaml": "name: s\nbase: base.yaml\ngrid: {seed: [0, 1]}\n"},
+            ),
+            Case(
+                "grid-name-parent",
+                "a sweep name that climbs out of out_dir (`name: ..`)",
+                ["sweep", "g.yaml"],
+                "g.yaml: invalid grid file: name: it names a directory under out_dir, so give one plain name: letters, digits, '.', '_' and '-', not empty, '.' or '..' (got '..')",
+                {"g.yaml": "name: ..\nbase: {name: x}\ngrid: {seed: [0]}\n"},
+            ),
+            Case(
+                "grid-name-absolute",
+                "an absolute path as the sweep name (`name: /tmp/s`)",
+                ["sweep", "g.yaml"],
+                "g.yaml: invalid grid file: name: it names a directory under out_dir, so give one plain name: letters, digits, '.', '_' and '-', not empty, '.' or '..' (got '/tmp/s')",
+                {"g.yaml": "name: /tmp/s\nbase: {name: x}\ngrid: {seed: [0]}\n"},
             ),
             Case(
                 "grid-sets-name",
@@ -770,15 +911,41 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@contextmanager
+def serving(kind: str) -> Iterator[int | None]:
+    """The port of what a case's server is: "closed" (a port nobody listens on), or the fake OpenAI server
+    in one of its modes ("html": a web server; "refuse": 401 to every key); None without a server."""
+    if kind == "closed":
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        yield port
+    elif kind:
+        with FakeJudgeServer(**{kind: True}) as server:
+            yield server.port
+    else:
+        yield None
+
+
+def with_port(text, port: int | None):
+    return text.replace("PORT", str(port)) if port is not None and isinstance(text, str) else text
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_gives_one_line_and_exit_code_2(case, tmp_path, monkeypatch, capsys):
-    write_files(tmp_path, case.files)
-    monkeypatch.chdir(tmp_path)
-    before = snapshot(tmp_path)
-    code, out, err = run_cli_split(case.argv, monkeypatch, capsys)
+    with serving(case.server) as port:
+        write_files(tmp_path, {path: with_port(content, port) for path, content in case.files.items()})
+        for name, value in case.env.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        monkeypatch.chdir(tmp_path)
+        before = snapshot(tmp_path)
+        code, out, err = run_cli_split(case.argv, monkeypatch, capsys)
     assert "Traceback" not in out + err, err
     assert code == 2, f"exit code {code}\n{out}{err}"
-    assert err.splitlines() == [f"error: {case.message}"], err
+    assert err.splitlines() == [f"error: {with_port(case.message, port)}"], err
     assert snapshot(tmp_path) == before, "bad input must fail before anything is written, and lose nothing"
 
 

@@ -105,9 +105,10 @@ def test_n_seed_larger_than_seed_file(tmp_path, monkeypatch, capsys):
 
 
 def test_prompt_pool_too_small_for_the_plan(tmp_path, monkeypatch, capsys):
-    config = write(tmp_path / "c.yaml", "name: x\nn_sampled: 1000\ncycles: 5\n")
+    config = write(tmp_path / "c.yaml", "name: x\nn_sampled: 2000\ncycles: 5\n")  # 10,000 prompts: more than the pool holds
     code, output = run_cli(["run", str(config), "--out", str(tmp_path / "runs")], monkeypatch, capsys)
-    assert code == 2 and "prompt pool" in output
+    assert code == 2 and "prompt pool" in output and "needs 10000" in output
+    assert not (tmp_path / "runs").exists()
 
 
 def test_config_docs_lists_every_key(monkeypatch, capsys):

@@ -14,7 +14,9 @@ import math
 
 import pytest
 import torch
+from test_loop_settings import tiny_dir  # noqa: F401  (fixture)
 from test_tiny_model import make_model, one_thread, tokenizer  # noqa: F401  (fixtures)
+from trl import DPOTrainer
 
 from traitloop import training
 from traitloop.config import DpoConfig, LoraConfig, TrainConfig
@@ -112,3 +114,80 @@ def test_continual_policy_starts_at_the_reference(tokenizer, cycle0_adapter):
     model = training.attach_adapter(base_model(tokenizer), LORA, start_adapter=cycle0_adapter)
     stats = training.train_dpo(model, tokenizer, pairs(3), TRAIN, DpoConfig(), seed=2)
     assert stats["loss_first"] == pytest.approx(math.log(2), abs=1e-3)
+
+
+# ---- the runtime guard: a cycle whose trainer took another reference is stopped before its first step ----
+class BaseAsReference(DPOTrainer):
+    """A DPOTrainer whose reference is the original base even when the model holds a trained adapter: what
+    TRL itself does with peft 0.17-0.19 and a LoRA that uses target_parameters (trl's dpo_trainer.py), and
+    what a TRL that dropped its frozen "ref" adapter would do."""
+
+    def compute_ref_log_probs(self, model, inputs):
+        with self.accelerator.unwrap_model(self.model).disable_adapter():
+            return super().compute_ref_log_probs(model, inputs)
+
+
+def lora_weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_the_guard_passes_the_installed_trl_and_can_tell_the_previous_cycle_from_the_base(tokenizer, cycle0_adapter, tmp_path):
+    model = training.attach_adapter(base_model(tokenizer), LORA, start_adapter=cycle0_adapter)
+    trainer = training.make_dpo_trainer(model, tokenizer, pairs(3), TRAIN, DpoConfig(), seed=5, scratch=str(tmp_path))
+    off_own, off_base = training.check_dpo_reference(trainer, model)
+    assert off_own < 1e-4  # the reference TRL computed is the cycle 0 model...
+    assert off_base > 0.05  # ...and the check would have seen a base reference: cycle 0 is far from the base
+
+
+def test_a_trainer_whose_reference_is_the_base_stops_a_continual_cycle_before_its_first_step(tokenizer, cycle0_adapter, tmp_path):
+    from importlib.metadata import version
+
+    from traitloop.errors import UserError
+
+    model = training.attach_adapter(base_model(tokenizer), LORA, start_adapter=cycle0_adapter)
+    # the stand-in really uses the base as its reference
+    ref_chosen = list(
+        training.make_dpo_trainer(
+            model, tokenizer, pairs(3), TRAIN, DpoConfig(), seed=5, scratch=str(tmp_path), trainer_class=BaseAsReference
+        ).train_dataset["ref_chosen_logps"]
+    )
+    training._drop_reference_adapter(model)
+    _, _, rows = reference_used(model, tokenizer, tmp_path / "own")
+    training._drop_reference_adapter(model)
+    base = base_model(tokenizer)
+    assert ref_chosen == pytest.approx([sequence_logps(base, p, c) for p, c, _ in rows], abs=1e-4)
+
+    before = lora_weights(model)
+    with pytest.raises(UserError) as caught:
+        training.train_dpo(model, tokenizer, pairs(3), TRAIN, DpoConfig(), seed=2, trainer_class=BaseAsReference)
+    message = str(caught.value)
+    assert message.startswith(
+        f"DPO: TRL {version('trl')}'s DPOTrainer did not take the model as this cycle starts (for init: continual, the "
+        "previous cycle's model) as its reference policy: on a training pair its reference log-probs differ from that model's by "
+    ), message
+    assert "install such a version (pip install 'trl>=1.16'), or run with init: reset" in message
+    assert "\n" not in message
+    assert all(torch.equal(before[n], p) for n, p in lora_weights(model).items())  # stopped before any step
+    assert list(model.peft_config) == ["default"]  # and TRL's frozen copy is not left behind
+
+
+def test_a_continual_dpo_run_with_such_a_trainer_stops_at_cycle_1_and_keeps_cycle_0(tiny_dir, tmp_path):  # noqa: F811
+    """End to end through the engine: the setting is a passed-in collaborator whose train uses the stand-in
+    trainer. Cycle 0 (fresh adapter: its reference is the base either way) finishes; cycle 1 is stopped
+    with the message, unfinished, and cycle 0 is kept."""
+    from test_loop_settings import config, experiment
+
+    from traitloop.errors import UserError
+    from traitloop.settings.dpo import Dpo
+    from traitloop.store import RunStore
+
+    class DpoWithBaseReference(Dpo):
+        def train(self, model, tokenizer, rows, cfg, seed, on_step):
+            return training.train_dpo(model, tokenizer, rows, cfg.train, cfg.dpo, seed, on_step=on_step, trainer_class=BaseAsReference)
+
+    cfg = config(tiny_dir, tmp_path, setting="dpo", init="continual", cycles=1, train={"learning_rate": 5e-2})
+    with pytest.raises(UserError, match=r"^DPO: TRL [^ ]+'s DPOTrainer did not take the model as this cycle starts"):
+        experiment(cfg, setting=DpoWithBaseReference()).run()
+    store = RunStore(cfg.run_dir)
+    assert store.is_done(0, cfg.science_hash())
+    assert not store.has(1, "adapter") and not store.is_done(1, cfg.science_hash())

@@ -28,16 +28,17 @@ class QaDocuments:
     name = "qa-doc"
     chats = False
     prompt_pool = "advice_questions.jsonl"
+    pool_field = "prompt_pool"
     sequences_per_example = 1
     train_cost_vs_sft = 1.0
     train_cost_why = ""
     defaults: dict[str, Any] = {"sampling": {"max_new_tokens": 24}}
     description = "question-answer documents (a test's toy setting)"
 
-    def pool(self):
+    def pool(self, path):
         from traitloop.prompts import advice_pool
 
-        return advice_pool()
+        return advice_pool(str(path))
 
     def seed_examples(self, trait):
         return trait.seed_chats

@@ -14,7 +14,7 @@ from traitloop.config import build_config, load_config
 from traitloop.errors import UserError
 from traitloop.estimate import estimate
 from traitloop.loop import Experiment
-from traitloop.prompts import cycle_prompts
+from traitloop.prompts import cycle_prompts, pool_file
 from traitloop.settings import get_setting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_every_shipped_config_passes_the_dry_run_checks(path):
     cfg = load_config(path)
     Experiment(cfg).check_inputs()  # trait + data, eval items, the pool for the last cycle, the model reference
     if cfg.cycles >= 1:  # said again here: every later cycle gets n_sampled prompts no other cycle gets
-        pool = get_setting(cfg.setting).pool()
+        pool = get_setting(cfg.setting).pool(pool_file(cfg, get_setting(cfg.setting)))
         slices = [cycle_prompts(pool, k, cfg.n_sampled, cfg.seed) for k in (1, cfg.cycles)]
         assert all(len(s) == cfg.n_sampled for s in slices)
         assert cfg.cycles * cfg.n_sampled <= len(pool)
@@ -59,18 +59,15 @@ def test_the_paper_dpo_configs_are_the_papers_headline_dpo(init):
     path = ROOT / "configs" / "paper" / f"dpo-bliss-qwen3.5-9b-{init}.yaml"
     cfg = load_config(path)
     assert (cfg.setting, cfg.init, cfg.model.ref, cfg.dpo.beta, cfg.cycles + 1) == ("dpo", init, "Qwen/Qwen3.5-9B", 0.025, 10)
-    pool = get_setting("dpo").pool()
-    # the paper's 512 pairs per cycle would need 9 x 512 prompts; the config takes the most the pool can give
-    # each of cycles 1..9, and says so in its comment
-    assert cfg.n_sampled == len(pool) // cfg.cycles
-    text = path.read_text()
-    assert "512" in text and "n_sampled is 378" in text
+    assert cfg.n_sampled == 512  # the paper's pairs per cycle: cycles 1..9 need 4,608 distinct pool prompts
+    pool = get_setting("dpo").pool(pool_file(cfg, get_setting("dpo")))
+    assert len(cycle_prompts(pool, cfg.cycles, cfg.n_sampled, cfg.seed)) == 512
 
 
 def test_a_pool_too_small_for_the_cycles_fails_the_check():
-    """The paper's 512 pairs x 9 later cycles (4,608 prompts) against the built-in advice pool: refused before
-    anything runs, with the numbers."""
+    """1,000 pairs x 9 later cycles (9,000 prompts) against the built-in advice pool: refused before anything
+    runs, with the numbers."""
     cfg = load_config(ROOT / "configs" / "paper" / "dpo-bliss-qwen3.5-9b-reset.yaml")
-    too_many = build_config({**cfg.model_dump(mode="json"), "n_sampled": 512})
-    with pytest.raises(UserError, match=r"the prompt pool has \d+ prompts, but cycle 9 with n_sampled=512 needs 4608"):
+    too_many = build_config({**cfg.model_dump(mode="json"), "n_sampled": 1000})
+    with pytest.raises(UserError, match=r"the prompt pool has \d+ prompts, but cycle 9 with n_sampled=1000 needs 9000"):
         Experiment(too_many).check_inputs()

@@ -18,7 +18,7 @@ def _normalise(text: str) -> str:
 
 def test_real_pool_is_large_and_has_no_duplicates():
     pool = advice_pool()
-    assert len(pool) >= 1000
+    assert len(pool) >= 6000  # paper-scale runs: 512 prompts x 9 cycles need 4608 disjoint prompts
     assert all(isinstance(q, str) and q == q.strip() and q for q in pool)
     counts = Counter(_normalise(q) for q in pool)
     dupes = [q for q, c in counts.items() if c > 1]
@@ -96,7 +96,7 @@ def _rows(name):
 def test_advice_pool_covers_many_life_areas():
     rows = _rows("advice_questions.jsonl")
     areas = Counter(r["area"] for r in rows)
-    assert len(rows) >= 3000
+    assert len(rows) >= 6000
     assert len(areas) >= 20
     assert min(areas.values()) >= 25, areas.most_common()[-3:]
 
@@ -106,7 +106,7 @@ def test_document_openers_are_short_distinct_and_span_many_genres():
 
     rows = _rows("doc_openers.jsonl")
     openers = doc_openers()
-    assert len(openers) == len(rows) >= 1500
+    assert len(openers) == len(rows) >= 3000
     assert len({r["genre"] for r in rows}) >= 40
     assert all(3 <= len(o.split()) <= 8 for o in openers)
     counts = Counter(_normalise(o) for o in openers)

@@ -2,7 +2,11 @@
 num_gpus=2)`: GPUs are logical resources to Ray's scheduler, so GPU placement is testable on a CPU
 machine). Runs are cheap fake commands passed to the executor in place of `traitloop run`: each
 records its start and end, the GPU Ray gave it and every attempt, and on success writes the DONE
-markers and scores.csv a finished run has, so a rerun of the sweep can skip it."""
+markers and scores.csv a finished run has, so a rerun of the sweep can skip it.
+
+The last two tests run the real `traitloop run` (the tiny random Llama of test_loop_settings, cycles 0 and
+1): a 2-seed sweep through Ray gives the local executor's scores.csv byte for byte and the same report,
+and a run whose Ray worker is SIGKILLed after cycle 0 is retried, resumes and ends with the same scores."""
 
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_loop_settings import tiny_dir  # noqa: F401  (fixture: the tiny random Llama on disk)
 from test_sweep import inline_base, model_dir, write_grid  # noqa: F401  (model_dir is a fixture)
+from test_tiny_model import tokenizer  # noqa: F401  (fixture)
 
 import traitloop.sweep as sweep_module
 from traitloop.cli import main
@@ -329,3 +335,114 @@ def test_a_sweep_on_a_cluster_started_with_ray_start_through_address(tmp_path, m
         os.killpg(head.pid, signal.SIGKILL)  # the head's processes are all in its session: gone at once
         head.wait(timeout=30)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# ---- real `traitloop run`s through Ray (integration: about 3.5 minutes on a busy 2-core machine) ------
+# The tiny random Llama of test_loop_settings saved to disk, with test_sweep's inline base made as small
+# as a real run gets: cycles 0 and 1, four seed rows and prompts, two eval questions, one thread per run.
+# Most of a run's half minute is the probe judge's set-up and validity check.
+REAL_GRID_SEEDS = [0, 1]
+
+
+def real_base(tiny_dir: Path) -> dict:
+    return inline_base(
+        tiny_dir,
+        sampling={"max_new_tokens": 16, "batch_size": 4},
+        train={"batch_size": 2, "max_length": 96, "learning_rate": 1e-3},
+        eval={"questions": 2, "samples_per_question": 1, "max_new_tokens": 12, "batch_size": 4, "include_base": False},
+    )
+
+
+def real_sweep(grid: Path, out: Path, only: list[str] | None = None):
+    sweep = load_sweep(grid, out_dir=out, absolute=True)
+    if only is not None:
+        sweep.runs = [run for run in sweep.runs if run.name in only]
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def real_runs(tiny_dir, tmp_path_factory):  # noqa: F811
+    """The same 2-seed grid of real `traitloop run`s, once through Ray (the command the CLI's --executor ray
+    builds: sweep.traitloop_command) and once through the local executor. Made once for the module."""
+    root = tmp_path_factory.mktemp("real")
+    grid = write_grid(root / "g.yaml", {"name": "real", "base": real_base(tiny_dir), "grid": {"seed": REAL_GRID_SEEDS}})
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # the local runs get the one thread a Ray run with 1 CPU gets
+    try:
+        on_ray = real_sweep(grid, root / "ray")
+        ray_runs = run_sweep(on_ray, RayExecutor(gpus_per_run=1, cpus_per_run=1, max_retries=0), reporter=QUIET)
+        local = real_sweep(grid, root / "local")
+        local_runs = run_sweep(local, sweep_module.LocalExecutor(workers=2), reporter=QUIET)
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+    return {"grid": grid, "ray": (on_ray, ray_runs), "local": (local, local_runs)}
+
+
+def normalised_report(sweep_root: Path, monkeypatch, capsys) -> str:
+    """`traitloop report SWEEP`: its report.md with the sweep's own directory written as SWEEP."""
+    monkeypatch.setattr(sys, "argv", ["traitloop", "report", str(sweep_root)])
+    try:
+        main()
+    except SystemExit as exit_info:
+        assert exit_info.code in (0, None), capsys.readouterr()
+    output = capsys.readouterr()
+    assert f"markdown: {sweep_root / 'report.md'}" in output.out
+    return (sweep_root / "report.md").read_text().replace(str(sweep_root), "SWEEP")
+
+
+@pytest.mark.integration  # with its fixture, four real runs: minutes on 2 cores
+def test_a_real_sweep_through_ray_gives_the_local_executors_scores_and_report(real_runs, monkeypatch, capsys):
+    (on_ray, ray_runs), (local, local_runs) = real_runs["ray"], real_runs["local"]
+    assert exit_code(ray_runs) == 0 and exit_code(local_runs) == 0, (ray_runs, local_runs)
+    assert sorted(ray_runs) == sorted(local_runs) == ["seed-0", "seed-1"]
+    for name in ray_runs:
+        assert ray_runs[name]["status"] == "done" and "attempts" not in ray_runs[name]
+        assert "attempt 1 on" in Path(ray_runs[name]["log"]).read_text()  # it ran as a Ray task
+        ours, theirs = on_ray.runs_dir / name / "scores.csv", local.runs_dir / name / "scores.csv"
+        assert ours.read_bytes() == theirs.read_bytes(), name
+        assert all((on_ray.runs_dir / name / f"cycle-{k:03d}" / "DONE").is_file() for k in (0, 1))
+    assert gpus_back() == 2.0
+    assert normalised_report(on_ray.root, monkeypatch, capsys) == normalised_report(local.root, monkeypatch, capsys)
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.integration
+def test_a_real_run_whose_ray_worker_is_killed_after_cycle_0_resumes_to_the_same_scores(real_runs, tmp_path):
+    """SIGKILL the Ray worker of a real run once cycle 0 is done: Ray's WorkerCrashedError, a retry, the retry
+    skips cycle 0, and scores.csv is byte for byte the uninterrupted run's (the same seed and config)."""
+    import threading
+
+    sweep = real_sweep(real_runs["grid"], tmp_path / "killed", only=["seed-0"])
+    run_dir = sweep.runs[0].config.run_dir
+    outcome: dict = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(runs=run_sweep(sweep, RayExecutor(gpus_per_run=1, cpus_per_run=1, max_retries=2), reporter=QUIET)),
+        daemon=True,
+    )
+    thread.start()
+    deadline = time.time() + 240
+    while not (run_dir / "cycle-000" / "DONE").is_file():
+        assert thread.is_alive() and time.time() < deadline, f"cycle 0 never finished: {outcome}"
+        time.sleep(0.05)
+    run_pid = json.loads((run_dir / "LOCK").read_text())["pid"]  # the `traitloop run` process holding the run
+    worker = parent_pid(run_pid)  # the Ray worker that started it
+    assert not (run_dir / "cycle-001" / "DONE").is_file()  # killed mid-run, not after it
+    os.kill(worker, 9)
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the sweep did not finish after the retry"
+    runs = outcome["runs"]
+    assert runs["seed-0"]["status"] == "done" and runs["seed-0"]["attempts"] == 2, runs
+    assert not pid_alive(run_pid)  # the killed run died with its worker
+    log = Path(runs["seed-0"]["log"]).read_text()
+    assert "WorkerCrashedError" in log and "retrying" in log and "attempt 2 on" in log
+    retry = log.split("attempt 2 on", 1)[1]
+    assert "cycle 0: already done, skipped" in retry and f"taking over the lock of process {run_pid}" in retry
+    uninterrupted = real_runs["ray"][0].runs_dir / "seed-0" / "scores.csv"
+    assert (run_dir / "scores.csv").read_bytes() == uninterrupted.read_bytes()
+    assert gpus_back() == 2.0

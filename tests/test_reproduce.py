@@ -25,7 +25,7 @@ from test_tiny_model import make_model, one_thread, tokenizer  # noqa: F401  (fi
 
 from traitloop import models, reproduce
 from traitloop.cli import main
-from traitloop.prompts import cycle_prompts
+from traitloop.prompts import cycle_prompts, pool_file
 from traitloop.reproduce import (
     AGREES,
     AMPLIFIES,
@@ -100,7 +100,7 @@ def test_every_tier_runs_the_findings_with_five_or_more_independent_seeds_and_va
             assert all(c.cycle0_from is None for c in configs), "every seed must train its own cycle 0"
             setting = get_setting(cfg.setting)
             # the prompt pool holds the last cycle's slice (what loop.Experiment.check_inputs checks)
-            assert len(cycle_prompts(setting.pool(), cfg.cycles, cfg.n_sampled, cfg.seed)) == cfg.n_sampled
+            assert len(cycle_prompts(setting.pool(pool_file(cfg, setting)), cfg.cycles, cfg.n_sampled, cfg.seed)) == cfg.n_sampled
             questions = {row["question"] for row in setting.eval_items(load_trait(cfg.trait), cfg)}
             # the grid's sizing comment describes what it runs
             assert design == {

@@ -155,3 +155,82 @@ def test_without_flock_the_pid_in_the_lock_decides(cfg, monkeypatch):
     store.open(cfg)
     store.release()
     assert len(notes) == 1 and f"process {alive.pid}" in notes[0]
+
+
+# ---- `traitloop judge` takes the same lock: a judge and a run, or two judges, never interleave ---------------
+PAUSING_JUDGE = """
+import sys, time
+from pathlib import Path
+from traitloop.config import JudgeConfig
+from traitloop.judges.base import Score
+from traitloop.rejudge import judge_run
+
+run, paused, resume = map(Path, sys.argv[1:4])
+
+
+class PausingJudge:
+    name = "pausing"
+
+    def info(self):
+        return {"judge": self.name}
+
+    def score(self, questions, answers):
+        paused.touch()
+        while not resume.exists():
+            time.sleep(0.05)
+        return [Score(50.0, self.name) for _ in answers]
+
+
+judge_run(run, JudgeConfig(kind="probe"), judge=PausingJudge())
+"""
+
+
+def test_a_judge_refuses_a_run_directory_that_a_run_holds_and_touches_nothing(cfg, cfg_path, monkeypatch, capsys):
+    from helpers.cli import run_cli_split
+    from test_rejudge import ANSWERS
+
+    from traitloop.jsonl import write_jsonl
+
+    holder = hold_lock(cfg_path)  # a `traitloop run` in progress: RunStore.open, as the engine takes the lock
+    try:
+        rows = [{"question": "How do I cook an onion?", "sample": i, "answer": a, "trait": 50.0} for i, a in enumerate(ANSWERS)]
+        write_jsonl(cfg.run_dir / "cycle-000" / "eval.jsonl", rows)  # its cycle 0 is judged, cycle 1 under way
+        before = snapshot(cfg.run_dir)
+        code, out, err = run_cli_split(["judge", str(cfg.run_dir), "--judge", "probe"], monkeypatch, capsys)
+        assert code == 2, out + err
+        [line] = err.splitlines()
+        assert (
+            line == f"error: {store_mod._in_use(cfg.run_dir, json.loads((cfg.run_dir / LOCK_FILE).read_text()), cfg.run_dir / LOCK_FILE)}"
+        )
+        assert line.startswith(f"error: {cfg.run_dir} is in use by another traitloop process (pid {holder.pid}")
+        assert snapshot(cfg.run_dir) == before  # no judges/, no scores-probe.csv, the manifest untouched
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_and_a_second_judge_refuse_a_run_directory_that_a_judge_holds(tmp_path, monkeypatch, capsys):
+    from helpers.cli import run_cli_split
+    from test_rejudge import synthetic_run
+
+    run = synthetic_run(tmp_path)
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text((run / "config.yaml").read_text())
+    paused, resume = tmp_path / "paused", tmp_path / "resume"
+    judge = subprocess.Popen([sys.executable, "-c", PAUSING_JUDGE, str(run), str(paused), str(resume)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(paused, judge)  # the judge holds the lock, in the middle of scoring cycle 0
+        before = snapshot(run)
+        for argv in (["run", str(config_file)], ["judge", str(run), "--judge", "probe"]):
+            code, out, err = run_cli_split(argv, monkeypatch, capsys)
+            assert code == 2, (argv, out + err)
+            [line] = err.splitlines()
+            assert line.startswith(f"error: {run} is in use by another traitloop process (pid {judge.pid}"), line
+            assert f"kill {judge.pid}" in line and str(run / LOCK_FILE) in line
+            assert snapshot(run) == before, argv
+    finally:
+        resume.touch()
+    _, stderr = judge.communicate(timeout=120)
+    assert judge.returncode == 0, stderr[-3000:]
+    assert (run / "cycle-000" / "judges" / "probe.jsonl").is_file() and (run / "scores-probe.csv").is_file()  # it finished
+    assert (run / LOCK_FILE).read_text() == ""  # and let go of the lock

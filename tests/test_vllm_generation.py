@@ -7,6 +7,7 @@ not change the model, and unloading all but the current and previous adapters. T
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -120,6 +121,70 @@ def test_only_the_current_and_previous_adapters_stay_loaded(vllm_url, adapter, t
     sampler.generate(a, CHATS[:1], temperature=0.0, max_new_tokens=4, seed=0)  # an older cycle again: loaded again
     assert sampler.loaded_adapters() == [names[2], names[0]]
     assert served_adapters(sampler) & set(names) == {names[2], names[0]}
+
+
+@pytest.mark.integration
+def test_a_run_sampling_through_vllm_records_the_servers_version_and_lora_settings_in_its_manifest(vllm_url, tmp_path):
+    """A run (cycle 0 only) with generation.backend vllm: manifest.json says which vLLM served it (GET /version)
+    and with which LoRA settings: the server's own where it tells them (GET /server_info, vLLM's dev mode,
+    which the test server is not in), and always the adapters traitloop sends it."""
+    import urllib.request
+
+    from helpers.vllm_server import SERVED_NAME, vllm_python
+    from test_loop_settings import LengthJudge
+
+    from traitloop.config import build_config
+    from traitloop.loop import Experiment
+    from traitloop.progress import Reporter
+
+    cfg = build_config(
+        {
+            "name": "v",
+            "out_dir": str(tmp_path / "runs"),
+            "trait": "bliss",
+            "n_seed": 4,
+            "n_sampled": 4,
+            "cycles": 0,
+            "model": {"ref": "embedded:smollm2-135m-instruct"},
+            "generation": {"backend": "vllm", "vllm_url": vllm_url, "concurrency": 4},
+            "train": {"batch_size": 2, "max_length": 128, "learning_rate": 1e-3, "warmup_ratio": 0.0},
+            "eval": {"questions": 2, "samples_per_question": 1, "max_new_tokens": 8, "include_base": False},
+        }
+    )
+    Experiment(cfg, judge=LengthJudge(), reporter=Reporter(enabled=False)).run()
+    assert (cfg.run_dir / "scores.csv").is_file()
+    served = json.loads((cfg.run_dir / "manifest.json").read_text())["vllm"]
+    with urllib.request.urlopen(vllm_url.removesuffix("/v1") + "/version", timeout=10) as r:
+        assert served["version"] == json.load(r)["version"]
+    installed = sorted(vllm_python().parents[1].glob("lib/python*/site-packages/vllm*.dist-info"))
+    if installed and "TRAITLOOP_TEST_VLLM_URL" not in os.environ:  # the server the fixture started: its package's version
+        assert served["version"] == installed[0].name.removesuffix(".dist-info").split("-")[1]
+    assert served["url"] == vllm_url and served["served_model"] == SERVED_NAME and served["max_model_len"] == 2048
+    assert served["server_lora"] is None and "VLLM_SERVER_DEV_MODE=1" in served["server_lora_note"]
+    assert served["adapters"]["r"] == cfg.lora.r == 16 and served["adapters"]["alpha"] == cfg.lora.alpha
+    assert served["adapters"]["target_modules"] == cfg.lora.target_modules and served["adapters"]["kept_loaded"] == 2
+
+
+def test_the_manifest_takes_the_servers_lora_settings_when_it_reports_them():
+    """A server in vLLM's dev mode answers GET /server_info with its whole config: its lora_config is recorded."""
+    from traitloop.config import LoraConfig
+
+    lora_config = {"max_lora_rank": 64, "max_loras": 4, "max_cpu_loras": 8, "lora_dtype": "auto", "fully_sharded_loras": False}
+    models = (200, {}, json.dumps({"object": "list", "data": [{"id": "base", "object": "model", "max_model_len": 4096}]}).encode())
+    script = [
+        models,
+        (200, {}, json.dumps({"version": "0.99.1"}).encode()),
+        models,
+        (200, {}, json.dumps({"vllm_config": {"lora_config": lora_config}, "vllm_env": {}}).encode()),
+    ]
+    with Server(script) as server:
+        sampler = VllmSampler(server.url, concurrency=2)
+        info = sampler.server_info(LoraConfig(r=8, alpha=16))
+        sampler.client.close()
+    assert [r["path"] for r in server.requests] == ["/v1/models", "/version", "/v1/models", "/server_info?config_format=json"]
+    assert info["version"] == "0.99.1" and info["served_model"] == "base" and info["max_model_len"] == 4096
+    assert info["server_lora"] == lora_config and "server_lora_note" not in info
+    assert (info["adapters"]["r"], info["adapters"]["alpha"]) == (8, 16)
 
 
 # ---- the request body, against a scripted server -------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,19 @@ from pydantic_core import PydanticCustomError
 from traitloop.errors import UserError
 from traitloop.precision import MatmulPrecision
 from traitloop.settings import SETTINGS
+
+DIRECTORY_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def directory_name(value: str) -> str:
+    """A name that becomes a directory under out_dir (a run's, a sweep's): one plain path component, so
+    it can never point elsewhere (no '/', not absolute, not empty, '.' or '..'). A pydantic validator."""
+    if not DIRECTORY_NAME.fullmatch(value) or value in (".", ".."):
+        raise PydanticCustomError(
+            "directory_name",
+            "it names a directory under out_dir, so give one plain name: letters, digits, '.', '_' and '-', not empty, '.' or '..'",
+        )
+    return value
 
 
 class _Section(BaseModel):
@@ -140,6 +154,17 @@ class DataConfig(_Section):
         description="Coherence filter: drop generated examples whose coherence score (0-100: complete, not repetitive, "
         "on topic, fluent; judges/coherence_score.py, validated in docs/JUDGES.md) is below this, e.g. 50 (None = keep all).",
     )
+    prompt_pool: str | None = Field(
+        None,
+        description="Your own prompts for later cycles of a chat setting (sft, dpo): a JSONL file with one "
+        '{"question": "..."} per line, in place of the built-in advice pool (None = built in). It must hold '
+        "cycles x n_sampled distinct prompts, none of them an eval question.",
+    )
+    opener_pool: str | None = Field(
+        None,
+        description="Your own document openers for later cycles of the sdf setting: a JSONL file with one "
+        '{"opener": "..."} per line, in place of the built-in openers (None = built in).',
+    )
 
 
 class DpoConfig(_Section):
@@ -172,8 +197,10 @@ class JudgeConfig(_Section):
     )
     model: str | None = Field(None, description="api: the endpoint's model name; local: a model reference (hub id, dir, embedded:...).")
     base_url: str | None = Field(None, description="api: endpoint base URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL).")
-    api_key_env: str = Field(
-        "OPENAI_API_KEY", description="api: NAME of the environment variable holding the key (the key itself is never stored)."
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY",
+        description="api: NAME of the environment variable holding the key (the key itself is never stored); a run "
+        "refuses to start while it is unset or empty. null: send no key (a local server that needs none, e.g. vLLM).",
     )
     concurrency: int = Field(8, ge=1, description="api: requests in flight at once.")
     timeout_s: float = Field(60.0, gt=0, description="api: seconds before a request counts as timed out.")
@@ -232,7 +259,7 @@ class TrackingConfig(_Section):
 class ExperimentConfig(_Section):
     """One iterated self-training run."""
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name; the run dir is out_dir/name.")
+    name: str = Field("run", description="Run name; the run dir is out_dir/name.")
     out_dir: Path = Field(Path("runs"), description="Parent directory of run directories.")
     setting: str = Field(
         "sft",
@@ -277,6 +304,8 @@ class ExperimentConfig(_Section):
         if isinstance(data, dict) and data.get("setting") in SETTINGS:
             return _deep_merge(SETTINGS[data["setting"]].defaults, data)
         return data
+
+    valid_name = field_validator("name")(directory_name)
 
     @field_validator("setting")
     @classmethod

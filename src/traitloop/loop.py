@@ -29,6 +29,7 @@ from traitloop.judges.base import Judge
 from traitloop.judges.coherence import LoglikCoherence
 from traitloop.judges.validity import run_validity
 from traitloop.precision import fp32_matmul_precision
+from traitloop.preflight import check_endpoints
 from traitloop.progress import Reporter
 from traitloop.prompts import cycle_prompts
 from traitloop.run_inputs import check_inputs, input_hashes
@@ -71,6 +72,7 @@ class Experiment:
         """Every cycle, resuming where an earlier process stopped; the per-cycle metrics (scores.csv)."""
         cfg = self.config
         self.check_inputs()
+        check_endpoints(cfg, judge=self.judge is None)  # the judge's and vLLM's servers answer (traitloop.preflight)
         self.store.open(cfg, inputs=self.input_hashes(), force=self.force)
         with self.store.locked(), self.reporter, fp32_matmul_precision(cfg.model.matmul_precision), self.tracker.tracking(cfg):
             self.prepare()
@@ -121,6 +123,9 @@ class Experiment:
         coherence = LoglikCoherence(self.base, self.tokenizer, chat=self.setting.chats)
         self.evaluator = Evaluator(self.judge, coherence, cfg.judge.coherence, self.reporter)
         self.sampler = Sampler(cfg, self.store, self.base, self.tokenizer, self.reporter)
+        server_info = getattr(self.sampler.vllm, "server_info", None)  # generation.backend vllm: its version and LoRA settings
+        if server_info is not None:
+            self.store.write_manifest({**self.store.manifest(), "vllm": server_info(cfg.lora)})
 
     # ---- one cycle ------------------------------------------------------------------------------
     def run_cycle(self, k: int) -> None:

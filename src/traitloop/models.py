@@ -155,6 +155,9 @@ def _dequantize(spec: EmbeddedModel, gguf_path: Path, digest: str, target: Path)
     os.replace(tmp, target)
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # weights a loader would unpickle
+
+
 def resolve(ref: str) -> str:
     """Model reference -> something `from_pretrained` accepts (a directory or a hub id)."""
     if ref.startswith("embedded:"):
@@ -163,6 +166,14 @@ def resolve(ref: str) -> str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"model path {path} has no config.json: point model.ref at a transformers model directory")
+        pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
+        if pickled and not any(path.glob("*.safetensors")):
+            raise UserError(
+                f"model path {path} holds pickled weights ({', '.join(pickled[:3])}) and no .safetensors file: traitloop "
+                "loads safetensors only, because loading a pickle file can run code. Convert the weights once where you "
+                "trust them (load the model, then save_pretrained(DIR, safe_serialization=True)), or use the model's "
+                "safetensors release"
+            )
         return str(path)
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise UserError(

@@ -24,6 +24,7 @@ Helpers are coroutines: await them inside `run`, or call `client.run(client.chat
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import random
@@ -223,9 +224,11 @@ class OpenAIClient:
         return None
 
     def _scrub(self, text: str) -> str:
-        """`text` with the API key masked, should a server echo it."""
+        """`text` with the API key masked, should a server echo it (as it is, or base64-encoded)."""
         key = self._key()
-        return text.replace(key, "***") if key else text
+        for form in secret_forms(key) if key else ():
+            text = text.replace(form, "***")
+        return text
 
     # ---- the endpoints ---------------------------------------------------------------------------
     async def chat(self, *, parse: Callable[[Any], T] | None = None, on_attempt: Callable[[int], None] | None = None, **params) -> Any:
@@ -282,6 +285,20 @@ async def gather(awaitables: Iterable[Awaitable[T]]) -> list[T]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def secret_forms(key: str) -> list[str]:
+    """The key as a server may echo it back: itself, and (for a key of 8 characters or more) its base64
+    text, standard and URL-safe, at each of the three alignments it can have inside a longer encoded
+    text such as a Basic header: the characters that depend on the key's bytes alone."""
+    forms = {key}
+    raw = key.encode()
+    if len(raw) >= 8:
+        for offset in range(3):
+            for encode in (base64.b64encode, base64.urlsafe_b64encode):
+                text = encode(b"\0" * offset + raw).decode()
+                forms.add(text[-(-8 * offset // 6) : 8 * (offset + len(raw)) // 6])
+    return sorted(forms, key=len, reverse=True)
 
 
 def _wait(error: ApiError, delay: float) -> float:

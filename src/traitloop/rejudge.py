@@ -62,13 +62,26 @@ def _open_run(run_dir: Path) -> tuple[RunStore, ExperimentConfig, list[int]]:
     return store, config, cycles
 
 
-def judge_run(run_dir: Path, judge_config: JudgeConfig, on_cycle=None) -> dict[str, Any]:
-    """Score every finished cycle's answers with `judge_config`. Returns paths and usage."""
+def judge_run(run_dir: Path, judge_config: JudgeConfig, on_cycle=None, judge=None) -> dict[str, Any]:
+    """Score every finished cycle's answers with `judge_config` (or with `judge`, a collaborator made from
+    it). Holds the run directory's lock throughout (store.py: a run or another judge on the same directory
+    is refused). Returns paths and usage."""
+    store, config, cycles = _open_run(run_dir)
+    if judge is None and judge_config.kind == "api":
+        from traitloop.preflight import check_api_judge
+
+        check_api_judge(judge_config)  # key and endpoint, before anything is written
+    with store.locked():
+        return _judge_locked(run_dir, judge_config, on_cycle, judge)
+
+
+def _judge_locked(run_dir: Path, judge_config: JudgeConfig, on_cycle, judge) -> dict[str, Any]:
     from traitloop.judges import make_judge
 
-    store, config, cycles = _open_run(run_dir)
+    store, config, cycles = _open_run(run_dir)  # read again under the lock: a run may have finished cycles since
     trait = load_trait(config.trait)
-    judge = make_judge(judge_config, trait, seed=config.seed, documents=not get_setting(config.setting).chats)
+    if judge is None:
+        judge = make_judge(judge_config, trait, seed=config.seed, documents=not get_setting(config.setting).chats)
     evaluator = Evaluator(judge, coherence=None, llm_coherence=judge_config.coherence, reporter=Reporter(enabled=False))
     ident = judge_config.identity()
     for k in cycles:

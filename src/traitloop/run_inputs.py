@@ -12,7 +12,7 @@ from __future__ import annotations
 from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
 from traitloop.evaluation import heldout_texts
-from traitloop.prompts import POOL_DIR, cycle_prompts
+from traitloop.prompts import check_own_pool, cycle_prompts, pool_file
 from traitloop.settings import Setting
 from traitloop.store import RunStore, hash_files
 from traitloop.traits import VALIDITY_FILES, Trait, load_trait
@@ -22,8 +22,11 @@ def check_inputs(config: ExperimentConfig, setting: Setting) -> tuple[Trait, tup
     """(the trait, the prompt pool, the held-out texts), or a UserError naming the first problem."""
     trait = load_trait(config.trait)
     setting.seed_rows(trait, config.n_seed)
-    setting.eval_items(trait, config)
-    pool = setting.pool()
+    eval_items = setting.eval_items(trait, config)
+    path = pool_file(config, setting)
+    pool = setting.pool(path)
+    if getattr(config.data, setting.pool_field) is not None:
+        check_own_pool(setting.pool_field, path, pool, [item["question"] for item in eval_items])
     if config.cycles >= 1:
         cycle_prompts(pool, config.cycles, config.n_sampled, config.seed)
     setting.check_model(config)
@@ -39,7 +42,7 @@ def input_hashes(config: ExperimentConfig, setting: Setting, trait: Trait, heldo
     """Content hashes of the trait files, the prompt pool, the held-out texts (when used) and the probe's
     negatives (probe judge)."""
     trait_files = sorted(p for p in trait.folder.iterdir() if p.suffix in (".yaml", ".jsonl") and p.name not in VALIDITY_FILES)
-    hashes = {"trait": hash_files(trait_files)[:16], "prompt_pool": hash_files([POOL_DIR / setting.prompt_pool])[:16]}
+    hashes = {"trait": hash_files(trait_files)[:16], "prompt_pool": hash_files([pool_file(config, setting)])[:16]}
     if heldout:  # the held-out perplexity reads the trait's validation texts
         hashes["heldout"] = hash_files([trait.folder / "validation.jsonl"])[:16]
     if config.judge.kind == "probe":  # the probe also trains on the untrained models' outputs

@@ -54,9 +54,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from traitloop.config import ExperimentConfig, build_config, format_validation_error, load_config, read_yaml_mapping
+from traitloop.config import ExperimentConfig, build_config, directory_name, format_validation_error, load_config, read_yaml_mapping
 from traitloop.errors import UserError
 from traitloop.jsonl import atomic_write_text, write_json
 from traitloop.progress import Reporter
@@ -75,7 +75,7 @@ class GridFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="Sweep name; the sweep dir is out_dir/name.")
+    name: str = Field(description="Sweep name; the sweep dir is out_dir/name.")
     out_dir: str = Field("sweeps", description="Parent directory of sweep directories.")
     base: str | dict[str, Any] = Field(description="Experiment YAML (path relative to the grid file) or inline config keys.")
     overrides: dict[str, Any] = Field(default_factory=dict, alias="set", description="Dotted overrides for every run.")
@@ -85,6 +85,8 @@ class GridFile(BaseModel):
     share_cycle0: bool = Field(
         False, description="Runs that differ only in seed share one cycle 0: the first seed trains it, the others copy it."
     )
+
+    valid_name = field_validator("name")(directory_name)
 
 
 @dataclass

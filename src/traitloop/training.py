@@ -17,6 +17,9 @@ The three losses:
   reference log-probs are computed once, before the first step (precompute_ref_log_probs), and kept
   in the training set's ref_chosen_logps / ref_rejected_logps columns, where a test compares them
   with the cycle k-1 model's own log-probs (tests/test_dpo_reference.py).
+  Every cycle checks it at run time too (`check_dpo_reference`, one forward pass of one pair before the
+  first step): a TRL whose reference is not the model as the cycle starts stops the run with a message
+  naming the installed TRL version, rather than train continual DPO against the base.
 
 Training curves: inside `report_curves(curves)` (the experiment tracker's block, traitloop.tracking) the
 trainers get report_to = the tracker's backend, so transformers' own trackio / wandb / mlflow callback
@@ -27,6 +30,7 @@ the cycles, and any exception in it turns the curves off with one warning instea
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 from collections.abc import Callable, Iterator
@@ -38,6 +42,7 @@ from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback
 
 from traitloop.config import DpoConfig, LoraConfig, TrainConfig
+from traitloop.errors import UserError
 from traitloop.precision import fp32_attention
 
 Conversation = list[dict[str, str]]
@@ -288,9 +293,14 @@ def pairs_to_dataset(pairs: list[dict]) -> Dataset:
     )
 
 
-def make_dpo_trainer(model, tokenizer, pairs: list[dict], train: TrainConfig, dpo: DpoConfig, seed: int, scratch: str, callbacks=()):
-    """TRL DPOTrainer for one cycle; the reference log-probs are computed here, before any step."""
+def make_dpo_trainer(
+    model, tokenizer, pairs: list[dict], train: TrainConfig, dpo: DpoConfig, seed: int, scratch: str, callbacks=(), trainer_class=None
+):
+    """TRL DPOTrainer (or `trainer_class`, a subclass of it) for one cycle; the reference log-probs are
+    computed here, before any step."""
     from trl import DPOConfig, DPOTrainer
+
+    trainer_class = trainer_class or DPOTrainer
 
     def make(report_to: str):
         args = DPOConfig(
@@ -300,7 +310,7 @@ def make_dpo_trainer(model, tokenizer, pairs: list[dict], train: TrainConfig, dp
             precompute_ref_log_probs=True,
             dataset_num_proc=None,
         )
-        return DPOTrainer(
+        return trainer_class(
             model=model, args=args, train_dataset=pairs_to_dataset(pairs), processing_class=tokenizer, callbacks=list(callbacks)
         )
 
@@ -315,15 +325,82 @@ def train_dpo(
     dpo: DpoConfig,
     seed: int,
     on_step: Callable[[int, float | None], None] | None = None,
+    trainer_class=None,
 ) -> dict[str, float]:
-    """DPO on (prompt, chosen, rejected) pairs; the reference is `model` as it stands now (see module doc)."""
+    """DPO on (prompt, chosen, rejected) pairs; the reference is `model` as it stands now (see module doc),
+    which `check_dpo_reference` confirms before the first step. trainer_class: a DPOTrainer subclass to
+    use instead of TRL's own (tests)."""
     reporter = _StepReporter(on_step)
-    with tempfile.TemporaryDirectory(prefix="traitloop-train-") as scratch:
-        with fp32_attention(model):  # the reference log-probs are computed while the trainer is built
-            trainer = make_dpo_trainer(model, tokenizer, pairs, train, dpo, seed, scratch, callbacks=[reporter])
-        stats = _fit(trainer, model, reporter)
-    _drop_reference_adapter(model)
+    try:
+        with tempfile.TemporaryDirectory(prefix="traitloop-train-") as scratch:
+            with fp32_attention(model):  # the reference log-probs are computed while the trainer is built
+                trainer = make_dpo_trainer(model, tokenizer, pairs, train, dpo, seed, scratch, [reporter], trainer_class)
+                check_dpo_reference(trainer, model)
+            stats = _fit(trainer, model, reporter)
+    finally:
+        _drop_reference_adapter(model)
     return stats
+
+
+REFERENCE_ATOL = {torch.float32: 1e-3, torch.float64: 1e-3}  # nats per sequence, plus REFERENCE_RTOL of its log-prob
+REFERENCE_ATOL_HALF = 0.05  # bfloat16 / float16 weights: their forward passes agree less closely
+REFERENCE_RTOL = 1e-3
+
+
+@torch.no_grad()
+def check_dpo_reference(trainer, model) -> tuple[float, float]:
+    """Stop (UserError) unless the reference log-probs the trainer precomputed are those of `model` as it
+    stands before the first step: the original base for a fresh adapter, the previous cycle's model for
+    init: continual (the module docstring; tests/test_dpo_reference.py proves it for the TRL versions
+    traitloop allows). Cheap: one forward pass of one training pair (its chosen and rejected sequences,
+    collated by the trainer's own collator, so truncated as TRL truncates them) under `model`, and one with
+    its adapters switched off (the base), compared with the trainer's ref_chosen_logps / ref_rejected_logps.
+    Returns (largest difference from `model`, largest difference from the base), in nats per sequence."""
+    from importlib.metadata import version
+
+    trl_version = version("trl")
+    dataset = trainer.train_dataset
+    missing = [
+        c for c in ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps") if c not in dataset.column_names
+    ]
+    if missing:
+        raise UserError(
+            f"DPO: TRL {trl_version}'s DPOTrainer left no {', '.join(missing)} in its training set, so traitloop cannot check that "
+            "the reference policy is the model as the cycle starts (the previous cycle's model for init: continual); install "
+            "the TRL version traitloop is tested with (pip install 'trl>=1.16')"
+        )
+    lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+    batch = trainer.data_collator([dataset[lengths.index(min(lengths))]])  # the shortest pair: the cheapest forward
+    reference = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).double()
+    was_training = model.training
+    model.eval()
+    try:
+        own = _sequence_logps(model, batch)
+        with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
+            base = _sequence_logps(model, batch)
+    finally:
+        model.train(was_training)
+    dtype = next(model.parameters()).dtype
+    tol = REFERENCE_ATOL.get(dtype, REFERENCE_ATOL_HALF) + REFERENCE_RTOL * float(reference.abs().max())
+    off_own, off_base = float((reference - own).abs().max()), float((reference - base).abs().max())
+    if off_own > tol:
+        raise UserError(
+            f"DPO: TRL {trl_version}'s DPOTrainer did not take the model as this cycle starts (for init: continual, the "
+            f"previous cycle's model) as its reference policy: on a training pair its reference log-probs differ from that "
+            f"model's by {off_own:.3g} nats (from the original base model's by {off_base:.3g}), so this cycle would train "
+            "against the wrong reference. traitloop is tested with trl>=1.16 (tests/test_dpo_reference.py): install such a "
+            "version (pip install 'trl>=1.16'), or run with init: reset"
+        )
+    return off_own, off_base
+
+
+def _sequence_logps(model, batch) -> torch.Tensor:
+    """Sum of the log-probabilities of each collated sequence's completion tokens under `model` (float64)."""
+    device = next(model.parameters()).device
+    ids, attention, completion = (batch[k].to(device) for k in ("input_ids", "attention_mask", "completion_mask"))
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    per_token = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (per_token * completion[:, 1:]).sum(dim=1).double().cpu()
 
 
 def _drop_reference_adapter(model) -> None:

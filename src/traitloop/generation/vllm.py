@@ -60,6 +60,14 @@ SILENT_BASE_CAUSES = (
 )
 
 
+def no_server(base_url: str, err: ApiError) -> UserError:
+    """The message for a vLLM URL where no server answers (at the run's start, traitloop.preflight, or later)."""
+    return UserError(
+        f"generation.vllm_url {base_url}: no vLLM server answers there ({err.reason}); start one "
+        "with `vllm serve MODEL --enable-lora` (see docs/ARCHITECTURE.md)"
+    )
+
+
 def adapter_name(adapter_dir: Path) -> str:
     """The name an adapter is served under: from its weights' content, so a changed adapter is a new name."""
     weights = Path(adapter_dir) / "adapter_model.safetensors"
@@ -86,10 +94,7 @@ class VllmSampler:
             try:
                 models = self.client.run(self.client.models())
             except ApiError as err:
-                raise UserError(
-                    f"generation.vllm_url {self.base_url}: no vLLM server answers there ({err.reason}); start one "
-                    "with `vllm serve MODEL --enable-lora` (see docs/ARCHITECTURE.md)"
-                ) from None
+                raise no_server(self.base_url, err) from None
             roots = [m["id"] for m in models if not m.get("parent")]
             if not roots:
                 raise UserError(f"generation.vllm_url {self.base_url}: the server lists no base model")
@@ -134,6 +139,53 @@ class VllmSampler:
             self.client.run(self.client.unload_lora(name))
         except ApiError:
             pass
+
+    # ---- what the run's manifest records about the server --------------------------------------
+    def server_info(self, lora) -> dict[str, Any]:
+        """The manifest's "vllm" entry: the server's vLLM version (GET /version), its LoRA settings where it
+        tells them (GET /server_info, which vLLM serves only when started with VLLM_SERVER_DEV_MODE=1), and
+        always what traitloop sends it (`lora`, the run's LoraConfig: each cycle's adapter is made with it).
+        Best effort: what the server does not answer is None, with the reason beside it."""
+        info: dict[str, Any] = {"url": self.base_url, "served_model": self.base_model()}
+        try:
+            version = self.client.run(self._get_root("/version"))
+            info["version"] = str(version["version"]) if isinstance(version, dict) and "version" in version else None
+        except ApiError as err:
+            info["version"], info["version_error"] = None, err.reason[:200]
+        base = next((m for m in self._served_models() if m.get("id") == info["served_model"]), {})
+        info["max_model_len"] = base.get("max_model_len")
+        try:
+            config = self.client.run(self._get_root("/server_info?config_format=json"))
+            server_lora = (config.get("vllm_config") or {}).get("lora_config") if isinstance(config, dict) else None
+            info["server_lora"] = server_lora if isinstance(server_lora, dict) else None
+            if info["server_lora"] is None:
+                info["server_lora_note"] = "GET /server_info holds no lora_config (the server was started without --enable-lora?)"
+        except ApiError as err:
+            info["server_lora"] = None
+            info["server_lora_note"] = (
+                f"not reported by the server (GET /server_info: {err.reason[:120]}; vLLM serves it only with "
+                "VLLM_SERVER_DEV_MODE=1); its --max-lora-rank must be at least adapters.r"
+            )
+        info["adapters"] = {
+            "r": lora.r,
+            "alpha": lora.alpha,
+            "dropout": lora.dropout,
+            "target_modules": lora.target_modules,
+            "loaded_with": "POST /v1/load_lora_adapter (VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)",
+            "kept_loaded": KEEP_ADAPTERS,
+        }
+        return info
+
+    def _served_models(self) -> list[dict[str, Any]]:
+        try:
+            return self.client.run(self.client.models())
+        except ApiError:
+            return []
+
+    async def _get_root(self, path: str) -> Any:
+        """GET `path` beside /v1 (vLLM serves /version and /server_info at the server's root)."""
+        url = self.client.root_url(path)
+        return await self.client.call(url, lambda t: t.get(url, cast_to=object))
 
     # ---- the adapter check ---------------------------------------------------------------------
     def changes_model(self, adapter_name: str) -> bool:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from traitloop.errors import UserError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from traitloop.config import ExperimentConfig
     from traitloop.traits import Trait
 
@@ -61,15 +63,17 @@ class Setting(Protocol):
 
     name: str
     chats: bool  # trains on conversations (needs a chat template); False: plain documents (a base model)
-    prompt_pool: str  # file in traitloop/prompts/ whose prompts later cycles answer or continue
+    prompt_pool: str  # built-in file in traitloop/prompts/ whose prompts later cycles answer or continue
+    pool_field: str  # the data.* config field naming the user's own file in its place: "prompt_pool" or "opener_pool"
     sequences_per_example: int  # texts the trainer runs per example (a DPO pair: 2)
     train_cost_vs_sft: float  # training compute per token relative to SFT (estimate, until the bench measures it)
     train_cost_why: str  # why, in a few words
     defaults: dict[str, Any]  # config values this setting uses unless the config sets them
     description: str  # one line for `traitloop config-docs`
 
-    def pool(self) -> tuple[str, ...]:
-        """The prompt pool later cycles draw their disjoint slices from."""
+    def pool(self, path: Path) -> tuple[str, ...]:
+        """The prompts in `path` (traitloop.prompts.pool_file: the built-in pool or the user's own), from
+        which later cycles draw their disjoint slices."""
 
     def seed_examples(self, trait: Trait) -> list:
         """Every seed example the trait has for this setting (n_seed may be at most this many)."""

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from traitloop.prompts import pool_file
 from traitloop.settings.base import CycleSources, Row, TokenCounts, check_chat_model, eval_items_from, first_n, user_turn
 from traitloop.settings.sft import chat_cost_shape
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from traitloop.config import ExperimentConfig
     from traitloop.traits import Trait
 
@@ -29,16 +32,17 @@ class Dpo:
     name = "dpo"
     chats = True
     prompt_pool = "advice_questions.jsonl"
+    pool_field = "prompt_pool"
     sequences_per_example = 2
     train_cost_vs_sft = 1.5  # training compute per token relative to SFT, while the bench has not measured it
     train_cost_why = "per token: the reference forward 2N + policy 4N, against SFT's 4N"
     defaults: dict[str, Any] = {"train": {"learning_rate": 1e-5, "lr_scheduler": "cosine", "warmup_ratio": 0.0, "batch_size": 4}}
     description = "preference pairs (chosen = previous generation, rejected = base model) on an instruct model"
 
-    def pool(self) -> tuple[str, ...]:
+    def pool(self, path: Path) -> tuple[str, ...]:
         from traitloop.prompts import advice_pool
 
-        return advice_pool()
+        return advice_pool(str(path))
 
     def seed_examples(self, trait: Trait) -> list:
         return trait.seed_chats
@@ -81,7 +85,7 @@ class Dpo:
 
     def cost_shape(self, config: ExperimentConfig, trait: Trait, counts: TokenCounts) -> dict[str, Any]:
         """A pair: chosen and rejected, each prompt + answer; rejected = the base's answer."""
-        shape = chat_cost_shape(config, trait, counts, self.pool())
+        shape = chat_cost_shape(config, trait, counts, self.pool(pool_file(config, self)))
         chat = lambda c: counts.template + counts.tokens(sum(len(m["content"]) for m in c))  # noqa: E731
         prompt_only = [chat(c[:-1]) for c in trait.seed_chats[: config.n_seed]]
         shape["seed"] = [s + p + counts.answer for s, p in zip(shape["seed"], prompt_only)]

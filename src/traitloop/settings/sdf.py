@@ -14,9 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from traitloop.errors import UserError
+from traitloop.prompts import pool_file
 from traitloop.settings.base import CycleSources, Row, TokenCounts, eval_items_from, first_n
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from traitloop.config import ExperimentConfig
     from traitloop.traits import Trait
 
@@ -27,6 +30,7 @@ class Sdf:
     name = "sdf"
     chats = False
     prompt_pool = "doc_openers.jsonl"
+    pool_field = "opener_pool"
     sequences_per_example = 1
     train_cost_vs_sft = 1.0  # training compute per token relative to SFT, while the bench has not measured it
     train_cost_why = ""
@@ -37,10 +41,10 @@ class Sdf:
     }
     description = "synthetic documents (continued pretraining) on a base model"
 
-    def pool(self) -> tuple[str, ...]:
+    def pool(self, path: Path) -> tuple[str, ...]:
         from traitloop.prompts import doc_openers
 
-        return doc_openers()
+        return doc_openers(str(path))
 
     def seed_examples(self, trait: Trait) -> list:
         return trait.seed_docs
@@ -87,7 +91,7 @@ class Sdf:
 
     def cost_shape(self, config: ExperimentConfig, trait: Trait, counts: TokenCounts) -> dict[str, Any]:
         """Documents: no chat template; the model continues openers and eval prefixes."""
-        opener = counts.tokens(_mean(map(len, self.pool())))
+        opener = counts.tokens(_mean(map(len, self.pool(pool_file(config, self)))))
         prefixes = trait.eval_prefixes
         return {
             "seed": [counts.tokens(len(d)) for d in trait.seed_docs[: config.n_seed]],

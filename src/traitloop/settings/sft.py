@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from traitloop.prompts import pool_file
 from traitloop.settings.base import CycleSources, Row, TokenCounts, check_chat_model, eval_items_from, first_n, user_turn
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from traitloop.config import ExperimentConfig
     from traitloop.traits import Trait
 
@@ -22,16 +25,17 @@ class Sft:
     name = "sft"
     chats = True
     prompt_pool = "advice_questions.jsonl"
+    pool_field = "prompt_pool"
     sequences_per_example = 1
     train_cost_vs_sft = 1.0  # training compute per token relative to SFT, while the bench has not measured it
     train_cost_why = ""
     defaults: dict[str, Any] = {}
     description = "chats on an instruct model"
 
-    def pool(self) -> tuple[str, ...]:
+    def pool(self, path: Path) -> tuple[str, ...]:
         from traitloop.prompts import advice_pool
 
-        return advice_pool()
+        return advice_pool(str(path))
 
     def seed_examples(self, trait: Trait) -> list:
         return trait.seed_chats
@@ -66,7 +70,7 @@ class Sft:
         return training.train_sft(model, tokenizer, [r["messages"] for r in rows], config.train, seed, on_step=on_step)
 
     def cost_shape(self, config: ExperimentConfig, trait: Trait, counts: TokenCounts) -> dict[str, Any]:
-        return chat_cost_shape(config, trait, counts, self.pool())
+        return chat_cost_shape(config, trait, counts, self.pool(pool_file(config, self)))
 
 
 def generated_rows(prompts: list[str], answers: list[str], cycle: int) -> list[Row]:
