@@ -565,6 +565,54 @@ CASES: list[Case] = [
         ],
     ),
     *section(
+        "Prompt pools (data.prompt_pool, data.opener_pool)",
+        [
+            Case(
+                "pool-wrong-field",
+                "gave an sft run its own pool as data.opener_pool",
+                ["check-config", "c.yaml"],
+                'data.opener_pool is not read by the sft setting; give your file as data.prompt_pool (one {"question": ...} per line)',
+                {**config("data:\n  opener_pool: openers.jsonl\n"), "openers.jsonl": '{"opener": "Once upon a time"}\n'},
+            ),
+            Case(
+                "pool-missing",
+                "named a pool file that does not exist",
+                ["check-config", "c.yaml"],
+                'data.prompt_pool: mine.jsonl is not a file; give a JSONL file with one {"question": ...} per line '
+                "(a relative path starts in the current directory)",
+                config("data:\n  prompt_pool: mine.jsonl\n"),
+            ),
+            Case(
+                "pool-wrong-key",
+                "a pool whose lines hold another key than question",
+                ["check-config", "c.yaml"],
+                'data.prompt_pool: mine.jsonl holds no prompts; each line must be a JSON object with a non-empty "question"',
+                {**config("data:\n  prompt_pool: mine.jsonl\n"), "mine.jsonl": '{"prompt": "How do I fix a tap?"}\n'},
+            ),
+            Case(
+                "pool-holds-eval-question",
+                "a pool that holds one of the trait's eval questions",
+                ["check-config", "c.yaml"],
+                "data.prompt_pool: mine.jsonl holds 1 of the trait's eval prompts (first: \"what's a good way to start learning to "
+                'cook at home"); remove them: a cycle trained on its eval prompts would inflate every later score',
+                {
+                    **config("data:\n  prompt_pool: mine.jsonl\n"),
+                    "mine.jsonl": '{"question": "How do I fix a tap?"}\n{"question": "what\'s a good way to start learning to cook at home"}\n',
+                },
+            ),
+            Case(
+                "pool-too-small",
+                "a pool too small for cycles x n_sampled",
+                ["check-config", "c.yaml"],
+                "the prompt pool has 2 prompts, but cycle 6 with n_sampled=50 needs 300: lower n_sampled or cycles",
+                {
+                    **config("data:\n  prompt_pool: mine.jsonl\n"),
+                    "mine.jsonl": '{"question": "How do I fix a tap?"}\n{"question": "How do I bleed a radiator?"}\n',
+                },
+            ),
+        ],
+    ),
+    *section(
         "Sweep grids",
         [
             Case(

@@ -7,8 +7,9 @@ the slow path computed.
   token is never drawn, nucleus sampling keeps transformers' own warpers, and near-greedy sampling gives
   token for token the continuation of the slow path.
 - Decode attention as two matmuls (hf.FAST_DECODE_ATTENTION) gives the per-token log-probabilities of
-  the same sequences as SDPA within 1e-4 nats in fp32 and within 0.02 nats in bf16 on the tiny model
-  (SmolLM2 in bf16: see the integration test), and the same greedy continuation.
+  the same sequences as SDPA within 1e-4 nats in fp32, and the same greedy continuations; in bf16 its
+  log-probabilities are as far from fp32 as SDPA's (within 1.3x on average), and greedy continuations
+  part only at near-ties (top two within 0.05 nats).
 
 Tiny random Llama from tests/test_tiny_model.py (seconds); the last test runs the embedded SmolLM2
 (integration marker).
@@ -231,13 +232,16 @@ def forced_logprobs(model, tok, conversations, continuations: list[list[int]]) -
     return torch.stack(seen, 1)
 
 
-@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 0.02)])
-def test_decode_attention_gives_sdpas_log_probabilities(tokenizer, dtype, tolerance, monkeypatch):
-    model = make_model(tokenizer, seed=3).to(dtype)
+def test_decode_attention_gives_sdpas_log_probabilities(tokenizer, monkeypatch):
+    """fp32: the same per-token log-probabilities as SDPA within 1e-4 nats. bf16: bf16 moves them from
+    fp32 whichever kernel runs (SDPA's keeps its scores in fp32, the matmuls round them to bf16, as
+    transformers' eager attention does); the matmuls' distance to fp32 stays within 1.3x SDPA's on
+    average and 1.5x at most (measured on three seeds: 0.85-1.11x mean, 0.78-1.01x max)."""
+    model = make_model(tokenizer, seed=3)
     gen = torch.Generator().manual_seed(0)
     continuations = torch.randint(10, len(tokenizer), (len(CONVERSATIONS), 12), generator=gen).tolist()
     set_paths(False, False)
-    sdpa = forced_logprobs(model, tokenizer, CONVERSATIONS, continuations)
+    exact = forced_logprobs(model, tokenizer, CONVERSATIONS, continuations)
     one_query_calls = []
     real = hf.decode_attention_forward
 
@@ -250,41 +254,60 @@ def test_decode_attention_gives_sdpas_log_probabilities(tokenizer, dtype, tolera
     matmuls = forced_logprobs(model, tokenizer, CONVERSATIONS, continuations)
     assert sum(one_query_calls) == 2 * 11  # 2 layers x the 11 decode steps after the prompt's forward
     assert model.config._attn_implementation == "sdpa"  # restored
-    diff = (sdpa - matmuls).abs().max().item()
-    assert diff < tolerance, diff
-    assert sdpa.mean() < -1  # the forced tokens are not all near-certain: the comparison means something
+    assert (matmuls - exact).abs().max().item() < 1e-4
+    assert exact.mean() < -1  # the forced tokens are not all near-certain: the comparison means something
+
+    model = model.to(torch.bfloat16)
+    set_paths(False, False)
+    sdpa16 = forced_logprobs(model, tokenizer, CONVERSATIONS, continuations)
+    set_paths(False, True)
+    matmuls16 = forced_logprobs(model, tokenizer, CONVERSATIONS, continuations)
+    sdpa_err, matmul_err = (sdpa16 - exact).abs(), (matmuls16 - exact).abs()
+    assert matmul_err.mean() <= 1.3 * sdpa_err.mean(), (matmul_err.mean(), sdpa_err.mean())
+    assert matmul_err.max() <= 1.5 * sdpa_err.max(), (matmul_err.max(), sdpa_err.max())
 
 
 # ---- the embedded model ----------------------------------------------------------------------------
 
 
 @pytest.mark.integration
-def test_smollm2_bf16_fast_path_keeps_log_probabilities_and_greedy_answers():
-    """The loop's bf16 sampling copy of SmolLM2: the same greedy answers on both paths, and the
-    log-probabilities of sampled answers within 0.05 nats per token of SDPA's (bf16 itself moves them by
-    more than that from fp32: printed)."""
+def test_smollm2_bf16_decode_attention_keeps_log_probabilities_and_greedy_answers():
+    """The loop's bf16 sampling copy of SmolLM2: per-token log-probabilities of sampled answers as far from
+    fp32 as SDPA's (the same criterion as on the tiny model), and greedy answers that part from SDPA's
+    only where SDPA's top two tokens were closer than bf16's own error (measured: 3 of 6 rows part, at
+    gaps of 1/16-1/8 nat, against a bf16 error up to 0.2 nats)."""
     from traitloop.models import load_model
     from traitloop.prompts import advice_pool
 
     model, tok = load_model("embedded:smollm2-135m-instruct", "bfloat16")
     convs = [[{"role": "user", "content": q}] for q in advice_pool()[:6]]
-    kwargs = dict(temperature=1e-6, max_new_tokens=24, batch_size=6, seed=0)
-    set_paths(False, False)
-    slow = generate(model, tok, convs, **kwargs)
     set_paths(True, True)
-    fast = generate(model, tok, convs, **kwargs)
-    assert fast == slow
     sampled = generate(model, tok, convs, temperature=0.8, max_new_tokens=24, batch_size=6, seed=1)
     ids = [tok(t, add_special_tokens=False).input_ids for t in sampled]
     n = min(len(i) for i in ids)
     assert n >= 8
     continuations = [i[:n] for i in ids]
     set_paths(True, False)
-    sdpa = forced_logprobs(model, tok, convs, continuations)
+    sdpa16 = forced_logprobs(model, tok, convs, continuations)
+    greedy_sdpa, logprobs = greedy(model, tok, convs, 24)
     set_paths(True, True)
-    matmuls = forced_logprobs(model, tok, convs, continuations)
+    matmuls16 = forced_logprobs(model, tok, convs, continuations)
+    greedy_matmuls, _ = greedy(model, tok, convs, 24)
     fp32, _ = load_model("embedded:smollm2-135m-instruct", "float32")
     exact = forced_logprobs(fp32, tok, convs, continuations)
-    diff, bf16_vs_fp32 = (sdpa - matmuls).abs().max().item(), (sdpa - exact).abs().max().item()
-    print(f"max |log-prob difference| per token: two matmuls vs SDPA {diff:.4f}; bf16 vs fp32 {bf16_vs_fp32:.4f} nats")
-    assert diff < 0.05, diff
+    set_paths(True, False)
+    greedy_fp32, logprobs32 = greedy(fp32, tok, convs, 24)
+    sdpa_err, matmul_err = (sdpa16 - exact).abs(), (matmuls16 - exact).abs()
+    gaps = first_divergence_gaps(greedy_sdpa, greedy_matmuls, logprobs)
+    bf16_gaps = first_divergence_gaps(greedy_fp32, greedy_sdpa, logprobs32)
+    print(
+        f"|log-prob - fp32| per token, mean / max: SDPA {sdpa_err.mean():.4f} / {sdpa_err.max():.4f}, "
+        f"matmuls {matmul_err.mean():.4f} / {matmul_err.max():.4f}; matmuls vs SDPA max {(matmuls16 - sdpa16).abs().max():.4f} nats. "
+        f"Greedy rows parting, matmuls vs SDPA (bf16): {len(gaps)} of 6, top-two gaps there {gaps}; "
+        f"bf16 SDPA vs fp32: {len(bf16_gaps)} of 6, gaps {bf16_gaps}"
+    )
+    assert matmul_err.mean() <= 1.3 * sdpa_err.mean()
+    assert matmul_err.max() <= 1.5 * sdpa_err.max()
+    # bf16 logits come in steps of 1/8 at SmolLM2's scale: rows may part where the top two were closer
+    # than bf16's own error, as bf16 SDPA's greedy answers part from fp32's
+    assert all(g <= sdpa_err.max() for g in gaps), (gaps, sdpa_err.max())

@@ -26,17 +26,26 @@ from traitloop.jsonl import read_jsonl
 POOL_DIR = Path(__file__).parent
 
 
-@lru_cache(maxsize=4)
 def advice_pool(path: str | None = None) -> tuple[str, ...]:
-    rows = read_jsonl(Path(path) if path else POOL_DIR / "advice_questions.jsonl")
+    """The questions of an advice pool file (default: the built-in one), in file order."""
+    rows = _rows(str(path or POOL_DIR / "advice_questions.jsonl"))
     return tuple(r["question"].strip() for r in rows if str(r.get("question", "")).strip())
 
 
-@lru_cache(maxsize=4)
 def opener_rows(path: str | None = None) -> tuple[tuple[str, str], ...]:
-    """(genre, opener) pairs in file order."""
-    rows = read_jsonl(Path(path) if path else POOL_DIR / "doc_openers.jsonl")
+    """(genre, opener) pairs in file order (default: the built-in openers)."""
+    rows = _rows(str(path or POOL_DIR / "doc_openers.jsonl"))
     return tuple((str(r.get("genre", "")), r["opener"].strip()) for r in rows if str(r.get("opener", "")).strip())
+
+
+def _rows(path: str) -> list[dict]:
+    """A pool file's rows: cached for the built-in files, read afresh for a user's (which may change)."""
+    return _builtin_rows(path) if Path(path).parent == POOL_DIR else read_jsonl(path)
+
+
+@lru_cache(maxsize=4)
+def _builtin_rows(path: str) -> list[dict]:
+    return read_jsonl(path)
 
 
 def doc_openers(path: str | None = None) -> tuple[str, ...]:
