@@ -22,3 +22,15 @@ def vllm_url(tmp_path_factory):
         return
 
     yield from start_server(tmp_path_factory.mktemp("vllm") / "server.log")
+
+
+# Under pytest-xdist (`make test` runs two workers with --dist loadgroup) each test module stays on one
+# worker, so its module-scoped fixtures (a tiny model on disk, a real demo run) are built once, and the
+# modules that use the vLLM server share a worker, so one server starts.
+VLLM_MODULES = {"test_api_judge", "test_vllm_generation"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+        item.add_marker(pytest.mark.xdist_group("vllm" if module in VLLM_MODULES else module))

@@ -4,8 +4,10 @@ of tests/test_tiny_model.py (no model hub, no network) trained and sampled on a 
 - a LoRA SFT and a LoRA DPO step in bf16 on the GPU: the loss falls, the adapter's weights move, the
   base's do not, and everything stays on the GPU;
 - bf16 sampling on the GPU: one answer per prompt, in input order, the same again with the same seed;
-- one SFT and one DPO run (cycles 0 and 1) through the real cycle engine with the GPU present: the run
-  completes (DONE markers, scores.csv), each cycle's adapter trained on the GPU with a falling loss;
+- one SFT, one DPO and one SDF run (cycles 0 and 1) through the real cycle engine with the GPU present: the
+  run completes (DONE markers, scores.csv), each cycle's adapter trained on the GPU with a falling loss;
+- the continual-DPO reference check in bf16 on the GPU: passes for the previous cycle's model, and the base
+  lies far outside its tolerance;
 - where the engine samples: every generation on the GPU (expected to fail today, see the test).
 
 Run without a GPU, `pytest -m gpu` fails each test with a clear message; a plain `pytest` skips them.
@@ -97,6 +99,28 @@ def test_lora_dpo_in_bf16_on_the_gpu_lowers_the_loss(tokenizer):
     assert any(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
 
 
+def test_the_continual_dpo_reference_check_tells_the_previous_cycle_from_the_base_in_bf16_on_the_gpu(tokenizer, tmp_path):
+    """training.check_dpo_reference with bf16 weights on the GPU (its half-precision tolerance, REFERENCE_ATOL_HALF):
+    after a DPO cycle moved the adapter, the next cycle's trainer holds that model as its reference (the check
+    passes) and the base is far outside the tolerance (the check would stop a trainer that used the base)."""
+    from traitloop.precision import fp32_attention
+
+    model = bf16_adapter_model(tokenizer, seed=2)
+    pairs = [
+        {"prompt": user(q), "chosen": "Keep it simple and kind.", "rejected": "No idea, figure it out yourself."}
+        for q in ("How do I sleep better?", "What should I cook tonight?", "How can I save money?", "Any tips for a walk?")
+    ]
+    train = TrainConfig(batch_size=2, max_length=64, learning_rate=1e-2, epochs=4, warmup_ratio=0.0)
+    training.train_dpo(model, tokenizer, pairs, train, DpoConfig(beta=0.1), seed=4)  # cycle 0 (itself checked inside)
+    with fp32_attention(model):  # cycle 1, continual: the same adapter goes on
+        trainer = training.make_dpo_trainer(model, tokenizer, pairs, train, DpoConfig(beta=0.1), seed=5, scratch=str(tmp_path))
+        off_own, off_base = training.check_dpo_reference(trainer, model)
+    training._drop_reference_adapter(model)
+    assert off_own <= training.REFERENCE_ATOL_HALF
+    assert off_base > 4 * training.REFERENCE_ATOL_HALF + 1.0  # cycle 0 moved the model by far more than bf16 noise
+    assert on_device(model) == {DEVICE}
+
+
 def test_bf16_sampling_on_the_gpu_is_seeded_and_in_input_order(tokenizer):
     model = make_model(tokenizer, seed=5).to(device=DEVICE, dtype=torch.bfloat16).eval()
     prompts = [user("Hi"), user("How do I keep my houseplants alive in winter?"), user("Budget tips please"), user("Any tips?")]
@@ -123,7 +147,7 @@ def gpu_run(tiny_dir, tmp_path, setting: str, monkeypatch=None, devices: list[st
         tmp_path,
         setting=setting,
         cycles=1,
-        model={"ref": str(tiny_dir), "dtype": "bfloat16"},
+        model={"ref": str(tiny_dir), "dtype": "bfloat16", "allow_chat_model_for_sdf": setting == "sdf"},
         train={"learning_rate": 1e-2, "epochs": 4, "warmup_ratio": 0.0, "batch_size": 2},
         eval={"include_base": True},
     )
@@ -140,7 +164,7 @@ def gpu_run(tiny_dir, tmp_path, setting: str, monkeypatch=None, devices: list[st
     return cfg, engine
 
 
-@pytest.mark.parametrize("setting", ["sft", "dpo"])
+@pytest.mark.parametrize("setting", ["sft", "dpo", "sdf"])
 def test_a_run_of_two_cycles_completes_with_its_adapters_trained_on_the_gpu(tiny_dir, tmp_path, setting):
     cfg, engine = gpu_run(tiny_dir, tmp_path, setting)
     store_root = cfg.run_dir
