@@ -51,12 +51,16 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/traitloop demo
 
+# Two pytest-xdist workers (each test module whole on one worker; tests/conftest.py), one torch thread each.
+WORKERS ?= 2
+PYTEST  := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/pytest -n $(WORKERS)
+
 test: $(DEV_STAMP) $(VLLM_STAMP) browser lint
-	$(VENV)/bin/pytest -m "not gpu" -q
+	$(PYTEST) -m "not gpu" -q
 
 # The unit tier: no real embedded model, no vLLM server, no browser (a few minutes).
 test-fast: $(DEV_STAMP)
-	$(VENV)/bin/pytest -m "not integration and not gpu and not browser" -q
+	$(PYTEST) -m "not integration and not gpu and not browser" -q
 
 # ruff: lint and format check (configured in pyproject.toml); `ruff format` and `ruff check --fix` repair most.
 lint: $(DEV_STAMP)

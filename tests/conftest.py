@@ -24,13 +24,38 @@ def vllm_url(tmp_path_factory):
     yield from start_server(tmp_path_factory.mktemp("vllm") / "server.log")
 
 
-# Under pytest-xdist (`make test` runs two workers with --dist loadgroup) each test module stays on one
-# worker, so its module-scoped fixtures (a tiny model on disk, a real demo run) are built once, and the
-# modules that use the vLLM server share a worker, so one server starts.
+# Under pytest-xdist (`make test` runs two workers) each test module runs whole on one worker, so its
+# module-scoped fixtures (a tiny model on disk, a real demo run) are built once, and the modules that use
+# the vLLM server share one worker, so one server starts.
 VLLM_MODULES = {"test_api_judge", "test_vllm_generation"}
 
 
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "vllm" if Path(module).stem in VLLM_MODULES else module
+
+    config.option.loadscopereorder = False  # keep LONGEST_FIRST's order, not "most tests first"
+    return ModuleScheduling(config, log)
+
+
+# The longest modules start first, so neither worker is left with a long one at the end.
+LONGEST_FIRST = [
+    "test_integration",
+    "test_integration_settings",
+    "test_api_judge",
+    "test_vllm_generation",
+    "test_crash_matrix",
+    "test_ray_executor",
+    "test_reproduce",
+    "test_tracking",
+    "test_security",
+]
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
-        item.add_marker(pytest.mark.xdist_group("vllm" if module in VLLM_MODULES else module))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(item.nodeid.split("::", 1)[0]).stem, len(rank)))

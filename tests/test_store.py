@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_tiny_model import tokenizer  # noqa: F401  (fixture)
 
 import traitloop.store as store_mod
 from traitloop.config import ExperimentConfig
@@ -270,3 +271,20 @@ def test_changed_input_data_is_refused_like_a_changed_config(store, cfg):
         store.open(cfg, inputs={"trait": "aaa", "prompt_pool": "ccc"})
     store.open(cfg, inputs={"trait": "aaa", "prompt_pool": "ccc"}, force=True)
     assert store.manifest()["inputs"]["prompt_pool"] == "ccc"
+
+
+def test_a_saved_adapter_lists_its_target_modules_sorted_so_identical_adapters_hash_alike(tmp_path, tokenizer):  # noqa: F811
+    """PEFT writes target_modules from a set, in an order that depends on the process's string hashing:
+    the store sorts it, so two processes that train the same adapter write the same bytes (and DONE hash)."""
+    from peft import PeftModel
+    from test_tiny_model import make_model
+
+    from traitloop import training
+    from traitloop.config import LoraConfig
+
+    model = training.attach_adapter(make_model(tokenizer, seed=1), LoraConfig(r=4, alpha=8, target_modules=["v_proj", "q_proj"]))
+    model.peft_config["default"].target_modules = ["v_proj", "q_proj", "o_proj"]  # as an unlucky set order would list them
+    saved = RunStore(tmp_path / "run").save_adapter(0, model)
+    assert json.loads((saved / "adapter_config.json").read_text())["target_modules"] == ["o_proj", "q_proj", "v_proj"]
+    reloaded = PeftModel.from_pretrained(make_model(tokenizer, seed=1), saved)  # and it still loads
+    assert sorted(reloaded.peft_config["default"].target_modules) == ["o_proj", "q_proj", "v_proj"]

@@ -674,6 +674,7 @@ class RunStore:
             shutil.rmtree(tmp)
         try:
             model.save_pretrained(tmp, safe_serialization=True)
+            _sort_target_modules(tmp / "adapter_config.json")
         except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)  # a half-written adapter is never left behind
             if is_disk_full(err):
@@ -819,6 +820,17 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pat
         writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
     atomic_write_text(path, buf.getvalue())
     return path
+
+
+def _sort_target_modules(config_file: Path) -> None:
+    """PEFT writes target_modules from a set, in an order that changes with each process's string hashing,
+    so identical adapters would get different bytes and DONE hashes: sort it (the order means nothing)."""
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def _read_done(path: Path) -> dict[str, Any] | None:
