@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,11 +10,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can import tests/helpers
 
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 set, which would fix the width of the rich consoles
+# traitloop creates at import and wrap the tables tests read: drop them, as in a plain pytest run.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
 
 @pytest.fixture(scope="session")
 def vllm_url(tmp_path_factory):
     """Base URL of a vLLM server. TRAITLOOP_TEST_VLLM_URL reuses one already running (for development)."""
-    import os
 
     from helpers.vllm_server import start_server
 

@@ -52,12 +52,17 @@ def held_out_texts() -> set[str]:
     return out
 
 
+# The pools' sizes when the negatives were drawn: the pool files only grow at their end, so the draw below
+# is repeatable from their first lines (the advice pool has grown to more than 6,000 prompts since).
+POOL_SIZE_THEN = {"chat": 3405, "doc": 1628}
+
+
 def disjoint_prompts(kind: str, n: int | None = None) -> list[str]:
     """A fixed random draw of n pool prompts (advice questions for chats, openers for documents) that are
     none of held_out_texts(), nor contain one or are contained in one."""
     from traitloop.prompts import advice_pool, doc_openers
 
-    pool = list(advice_pool() if kind == "chat" else doc_openers())
+    pool = list(advice_pool() if kind == "chat" else doc_openers())[: POOL_SIZE_THEN[kind]]
     held = held_out_texts()
     ok = [p for p in pool if _norm(p) not in held and not any(_norm(p) in h or h in _norm(p) for h in held)]
     random.Random(f"untrained-negatives:{kind}").shuffle(ok)
