@@ -238,6 +238,8 @@ def test_data_generate_against_the_server_resumes_after_a_kill(vllm_url, tmp_pat
             "1",
             "--max-tokens",
             "40",
+            "--api-key-env",
+            "none",  # the test server needs no key (a missing key is refused before the first request)
         ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 600

@@ -43,7 +43,7 @@ class Case:
     files: dict[str, str | bytes] = field(default_factory=dict)  # relative path -> content, written first
     section: str = ""
     env: dict[str, str | None] = field(default_factory=dict)  # environment variables for the case (None: unset)
-    server: str = ""  # what listens at 127.0.0.1:PORT (PORT in files and message is its port): SERVERS
+    server: str = ""  # what listens at 127.0.0.1:PORT (PORT in files, argv, env and message is its port): SERVERS
 
 
 def section(title: str, cases: list[Case]) -> list[Case]:
@@ -430,6 +430,63 @@ CASES: list[Case] = [
                 env={"OPENAI_API_KEY": None, "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"},
             ),
             Case(
+                "teacher-key-unset",
+                "`data generate --teacher api:MODEL` without the key variable (`OPENAI_API_KEY` not set)",
+                ["data", "generate", "mytrait", "--teacher", "api:gpt-4o-mini", "--base-url", "http://127.0.0.1:8000/v1"],
+                "--api-key-env: the environment variable OPENAI_API_KEY is not set, so the api teacher has no key for "
+                "http://127.0.0.1:8000/v1; export OPENAI_API_KEY=<the endpoint's key>, or pass --api-key-env none for a "
+                "server that needs no key (a local vLLM server)",
+                TRAIT,
+                env={"OPENAI_API_KEY": None},
+            ),
+            Case(
+                "teacher-key-env-unset",
+                "`data generate --api-key-env TEACHER_KEY` with that variable not set (another one is)",
+                ["data", "generate", "mytrait", "--teacher", "api:gpt-4o-mini", "--api-key-env", "TEACHER_KEY"],
+                "--api-key-env: the environment variable TEACHER_KEY is not set, so the api teacher has no key for "
+                "http://127.0.0.1:8000/v1; export TEACHER_KEY=<the endpoint's key>, or pass --api-key-env none for a "
+                "server that needs no key (a local vLLM server)",
+                TRAIT,
+                env={"TEACHER_KEY": None, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"},
+            ),
+            Case(
+                "teacher-key-empty",
+                "`data generate --teacher api:MODEL` with the key variable set but empty",
+                ["data", "generate", "mytrait", "--teacher", "api:gpt-4o-mini", "--base-url", "http://127.0.0.1:8000/v1"],
+                "--api-key-env: the environment variable OPENAI_API_KEY is set but empty; put the endpoint's key in it, "
+                "or pass --api-key-env none for a server that needs no key (a local vLLM server)",
+                TRAIT,
+                env={"OPENAI_API_KEY": " "},
+            ),
+            Case(
+                "teacher-no-base-url",
+                "`data generate --teacher api:MODEL` without `--base-url` or `OPENAI_BASE_URL`",
+                ["data", "generate", "mytrait", "--teacher", "api:gpt-4o-mini"],
+                "api teacher: give --base-url or set OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1)",
+                TRAIT,
+                env={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": None},
+            ),
+            Case(
+                "teacher-endpoint-unreachable",
+                "`data generate` whose teacher endpoint refuses connections",
+                ["data", "generate", "mytrait", "--teacher", "api:gpt-4o-mini"],
+                "OPENAI_BASE_URL http://127.0.0.1:PORT/v1: no server answers there (ConnectError); start the server or "
+                "correct the URL, then rerun",
+                TRAIT,
+                env={"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "http://127.0.0.1:PORT/v1"},
+                server="closed",
+            ),
+            Case(
+                "teacher-key-refused",
+                "`data generate` whose teacher endpoint refuses the key (HTTP 401)",
+                ["data", "generate", "mytrait", "--teacher", "api:gpt-4o-mini", "--base-url", "http://127.0.0.1:PORT/v1"],
+                "--base-url http://127.0.0.1:PORT/v1: the server refused the key in OPENAI_API_KEY (HTTP 401: "
+                '{"error": {"message": "Incorrect API key provided."}}); check the key, then rerun',
+                TRAIT,
+                env={"OPENAI_API_KEY": "sk-wrong"},
+                server="refuse",
+            ),
+            Case(
                 "vllm-unreachable",
                 "`generation.backend: vllm` with no server at `generation.vllm_url`",
                 ["run", "c.yaml"],
@@ -437,6 +494,26 @@ CASES: list[Case] = [
                 "http://127.0.0.1:PORT/v1/models (ConnectError)); start one with `vllm serve MODEL --enable-lora` (see "
                 "docs/ARCHITECTURE.md)",
                 config("cycles: 0\ngeneration:\n  backend: vllm\n  vllm_url: http://127.0.0.1:PORT/v1\n"),
+                server="closed",
+            ),
+            Case(
+                "api-endpoint-key-in-url",
+                "an api judge whose `base_url` holds a key as its password, and nothing listens there",
+                ["run", "c.yaml"],
+                "judge.base_url http://user:***@127.0.0.1:PORT/v1: no server answers there (ConnectError); start the "
+                "server or correct the URL, then rerun",
+                config(API_JUDGE.replace("http://", "http://user:sk-in-the-url-5f2c@")),
+                env={"OPENAI_API_KEY": "sk-test"},
+                server="closed",
+            ),
+            Case(
+                "vllm-key-in-url",
+                "a `generation.vllm_url` with a key as its user name, and nothing listens there",
+                ["run", "c.yaml"],
+                "generation.vllm_url http://***@127.0.0.1:PORT/v1: no vLLM server answers there (server unreachable at "
+                "http://***@127.0.0.1:PORT/v1/models (ConnectError)); start one with `vllm serve MODEL --enable-lora` (see "
+                "docs/ARCHITECTURE.md)",
+                config("cycles: 0\ngeneration:\n  backend: vllm\n  vllm_url: http://sk-in-the-url-5f2c@127.0.0.1:PORT/v1\n"),
                 server="closed",
             ),
         ],
@@ -987,10 +1064,10 @@ def test_bad_input_gives_one_line_and_exit_code_2(case, tmp_path, monkeypatch, c
             if value is None:
                 monkeypatch.delenv(name, raising=False)
             else:
-                monkeypatch.setenv(name, value)
+                monkeypatch.setenv(name, with_port(value, port))
         monkeypatch.chdir(tmp_path)
         before = snapshot(tmp_path)
-        code, out, err = run_cli_split(case.argv, monkeypatch, capsys)
+        code, out, err = run_cli_split([with_port(arg, port) for arg in case.argv], monkeypatch, capsys)
     assert "Traceback" not in out + err, err
     assert code == 2, f"exit code {code}\n{out}{err}"
     assert err.splitlines() == [f"error: {with_port(case.message, port)}"], err

@@ -157,7 +157,7 @@ def test_without_flock_the_pid_in_the_lock_decides(cfg, monkeypatch):
     assert len(notes) == 1 and f"process {alive.pid}" in notes[0]
 
 
-# ---- `traitloop judge` takes the same lock: a judge and a run, or two judges, never interleave ---------------
+# ---- `traitloop judge` and `agreement` take the same lock: a judge and a run, or two judges, never interleave ---
 PAUSING_JUDGE = """
 import sys, time
 from pathlib import Path
@@ -209,7 +209,7 @@ def test_a_judge_refuses_a_run_directory_that_a_run_holds_and_touches_nothing(cf
         holder.wait()
 
 
-def test_a_run_and_a_second_judge_refuse_a_run_directory_that_a_judge_holds(tmp_path, monkeypatch, capsys):
+def test_a_run_a_second_judge_and_agreement_refuse_a_run_directory_that_a_judge_holds(tmp_path, monkeypatch, capsys):
     from helpers.cli import run_cli_split
     from test_rejudge import synthetic_run
 
@@ -221,7 +221,7 @@ def test_a_run_and_a_second_judge_refuse_a_run_directory_that_a_judge_holds(tmp_
     try:
         wait_for(paused, judge)  # the judge holds the lock, in the middle of scoring cycle 0
         before = snapshot(run)
-        for argv in (["run", str(config_file)], ["judge", str(run), "--judge", "probe"]):
+        for argv in (["run", str(config_file)], ["judge", str(run), "--judge", "probe"], ["agreement", str(run), "--judge-b", "probe"]):
             code, out, err = run_cli_split(argv, monkeypatch, capsys)
             assert code == 2, (argv, out + err)
             [line] = err.splitlines()
@@ -234,3 +234,36 @@ def test_a_run_and_a_second_judge_refuse_a_run_directory_that_a_judge_holds(tmp_
     assert judge.returncode == 0, stderr[-3000:]
     assert (run / "cycle-000" / "judges" / "probe.jsonl").is_file() and (run / "scores-probe.csv").is_file()  # it finished
     assert (run / LOCK_FILE).read_text() == ""  # and let go of the lock
+
+
+def test_agreement_refuses_a_run_directory_that_a_run_holds_and_writes_nothing(cfg, cfg_path, monkeypatch, capsys):
+    """`traitloop agreement` writes agreement.json into the run directory, so it takes the run's lock as
+    `traitloop judge` does: refused (one line naming the holder, exit 2, nothing written) while a run holds
+    it, and let through once the holder is gone."""
+    from helpers.cli import run_cli_split
+    from test_rejudge import ANSWERS
+
+    from traitloop.jsonl import write_jsonl
+
+    holder = hold_lock(cfg_path)  # a `traitloop run` in progress
+    try:
+        rows = [{"question": "How do I cook an onion?", "sample": i, "answer": a, "trait": 20.0 * i} for i, a in enumerate(ANSWERS)]
+        write_jsonl(cfg.run_dir / "cycle-000" / "eval.jsonl", rows)  # cycle 0 judged by the run's judge
+        write_jsonl(cfg.run_dir / "cycle-000" / "judges" / "probe.jsonl", [{**r, "trait": 10.0 + 20.0 * r["sample"]} for r in rows])
+        before = snapshot(cfg.run_dir)
+        code, out, err = run_cli_split(["agreement", str(cfg.run_dir), "--judge-b", "probe"], monkeypatch, capsys)
+        assert code == 2, out + err
+        [line] = err.splitlines()
+        assert (
+            line == f"error: {store_mod._in_use(cfg.run_dir, json.loads((cfg.run_dir / LOCK_FILE).read_text()), cfg.run_dir / LOCK_FILE)}"
+        )
+        assert line.startswith(f"error: {cfg.run_dir} is in use by another traitloop process (pid {holder.pid}")
+        assert snapshot(cfg.run_dir) == before  # no agreement.json
+    finally:
+        holder.kill()
+        holder.wait()
+    code, out, err = run_cli_split(["agreement", str(cfg.run_dir), "--judge-b", "probe"], monkeypatch, capsys)
+    assert code == 0, out + err  # the holder is gone: the same command goes through
+    result = json.loads((cfg.run_dir / "agreement.json").read_text())
+    assert result["judge_b"] == "probe" and result["overall"]["n"] == len(ANSWERS) and result["overall"]["spearman"] == 1.0
+    assert (cfg.run_dir / LOCK_FILE).read_text() == ""  # and let go of the lock

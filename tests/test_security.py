@@ -6,6 +6,9 @@
   the temporary directory, the Hugging Face home) and everything they printed is searched for the key, as
   it is and base64-encoded. A server that echoes the Authorization header in its errors gets its echo
   masked, on disk and on screen.
+- A key written into a server URL (https://user:KEY@host/v1): every message, manifest entry, tracker
+  config and report shows the URL with the key as '***' (openai_client.redact_url), and a server's
+  echo of it is masked like the key's.
 - Weights and remote code: only safetensors are loaded (a pickle is never opened), and a model
   repository's own code runs only when the config says model.trust_remote_code: true.
 - Path escapes: no run, sweep or judge name from a config can make traitloop write outside its run or
@@ -68,12 +71,12 @@ def test_the_search_finds_the_key_in_every_form_it_looks_for():
     assert leaks(b"a key of another run: sk-tl-SECRET-0000") == []
 
 
-def files_leaking(root: Path) -> dict[str, list[str]]:
+def files_leaking(root: Path, key: str = KEY) -> dict[str, list[str]]:
     """Every file under root that holds the key, with the forms found."""
     found = {}
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.is_symlink():
-            hits = leaks(path.read_bytes())
+            hits = leaks(path.read_bytes(), key)
             if hits:
                 found[str(path.relative_to(root))] = hits
     return found
@@ -206,6 +209,109 @@ def test_with_api_key_env_null_no_key_is_read_or_sent(monkeypatch):
     with FakeJudgeServer() as server:
         check_api_judge(build_config({"judge": {**judge_section(server.url), "api_key_env": None}}).judge)
     assert server.authorizations() == {"Bearer EMPTY"}
+
+
+# ---- a key inside a server URL ----------------------------------------------------------------------------
+URL_KEY = "sk-url-SECRET-4d2e9a7f1c03-never-shown"
+
+
+def with_key(url: str, user: str = "user") -> str:
+    """`url` (http://127.0.0.1:PORT/v1) with URL_KEY as the password of its user info."""
+    return url.replace("http://", f"http://{user}:{URL_KEY}@", 1)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:sk-abc123@api.example.com/v1", "https://user:***@api.example.com/v1"),
+        ("https://sk-abc123def456@api.example.com:8443/v1", "https://***@api.example.com:8443/v1"),  # a key as the user
+        ("https://hf_abc:pw1234@host/v1?x=1#f", "https://***:***@host/v1?x=1#f"),  # both look like keys
+        ("https://alice@host/v1", "https://alice@host/v1"),  # a user name alone is no secret
+        ("https://user:p%40ss/w?rd@host/v1", "https://user:***@host/v1"),  # a password with characters left unencoded
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+        ("https://host/v1/a@b", "https://host/v1/a@b"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redact_url_masks_the_password_and_a_key_like_user(url, shown):
+    from traitloop.openai_client import redact_url, redact_urls
+
+    assert redact_url(url) == shown
+    assert redact_url(shown) == shown  # masking twice changes nothing
+    assert redact_urls({"judge": {"base_url": url}, "urls": [url], "n": 1}) == {"judge": {"base_url": shown}, "urls": [shown], "n": 1}
+
+
+def test_a_key_in_a_url_is_masked_in_error_messages_even_when_the_server_echoes_it(tmp_path, monkeypatch, capsys):
+    """The run's check, `traitloop judge`'s and `data generate`'s show the URL masked; a server that echoes the
+    credentials the client sent from the URL (a Basic header) gets its echo masked too."""
+    from traitloop.preflight import check_api_judge
+    from traitloop.traits import BUILTIN_DIR
+
+    monkeypatch.setenv(KEY_ENV, KEY)  # the judge's key variable
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # the teacher's
+    with FakeJudgeServer() as closed:
+        dead = with_key(closed.url)  # nothing listens there once the server is shut
+    with pytest.raises(UserError) as caught:
+        check_api_judge(build_config({"judge": judge_section(dead)}).judge)
+    message = str(caught.value)
+    assert message.startswith(f"judge.base_url {dead.replace(URL_KEY, '***')}: no server answers there"), message
+    assert leaks(message.encode(), URL_KEY) == []
+
+    monkeypatch.delenv(KEY_ENV, raising=False)  # the key variable unset: the message names the URL too
+    with pytest.raises(UserError) as caught:
+        check_api_judge(build_config({"judge": judge_section(dead)}).judge)
+    assert "has no key for http://user:***@127.0.0.1:" in str(caught.value) and leaks(str(caught.value).encode(), URL_KEY) == []
+
+    trait = tmp_path / "bliss-copy"
+    shutil.copytree(BUILTIN_DIR / "bliss", trait)
+    before = snapshot(trait)
+    with FakeJudgeServer(echo_auth=True) as server:
+        argv = ["data", "generate", str(trait), "--teacher", "api:fake-judge", "--base-url", with_key(server.url), "--n", "2"]
+        code, out, err = run_cli_split(argv, monkeypatch, capsys)
+    assert code == 2, out + err
+    [line] = err.splitlines()
+    assert line.startswith(f"error: --base-url http://user:***@127.0.0.1:{server.port}/v1: the server refused the key"), line
+    assert "Invalid Authorization header: '" in line  # the echo is shown, masked
+    sent = [base64.b64decode(a.removeprefix("Basic ")).decode() for a in server.authorizations() if a and a.startswith("Basic ")]
+    assert f"user:{URL_KEY}" in sent  # the client sent the URL's credentials, so the echo held them
+    assert leaks((out + err).encode(), URL_KEY) == []
+    assert snapshot(trait) == before
+
+
+def test_a_key_in_a_url_is_masked_in_the_manifest_and_reports(tmp_path, monkeypatch, capsys):
+    """A rescoring by an api judge whose base_url holds a key: the manifest records the URL masked, and no
+    file the rescoring wrote nor anything it printed holds the key. What shows a run's config (the
+    report's and export's Run, the tracker's config) shows it masked too."""
+    from test_rejudge import synthetic_run
+
+    from traitloop.report_data import load_run
+    from traitloop.tracking import run_config
+
+    run = synthetic_run(tmp_path / "runs")
+    monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.setenv("TRAITLOOP_JUDGE_CACHE", str(tmp_path / "cache.sqlite"))
+    with FakeJudgeServer() as server:
+        url = with_key(server.url)
+        (tmp_path / "j.yaml").write_text(yaml.safe_dump({"judge": {**judge_section(url), "coherence": False}}))
+        code, out, err = run_cli_split(["judge", str(run), "--judge", str(tmp_path / "j.yaml")], monkeypatch, capsys)
+    assert code == 0, out + err
+    assert server.chat_requests() > 0  # the judge really asked the server at that URL
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["extra_judges"]["api-fake-judge"]["base_url"] == f"http://user:***@127.0.0.1:{server.port}/v1"
+    assert files_leaking(run, URL_KEY) == {} and files_leaking(tmp_path / "runs", URL_KEY) == {}
+    assert leaks((out + err).encode(), URL_KEY) == []
+
+    config = build_config(
+        {"judge": judge_section(url), "generation": {"backend": "vllm", "vllm_url": with_key(server.url, "sk-user-9c1d")}}
+    )
+    tracked = json.dumps(run_config(config))
+    assert "http://user:***@127.0.0.1:" in tracked and "http://***:***@127.0.0.1:" in tracked
+    assert leaks(tracked.encode(), URL_KEY) == [] and "sk-user-9c1d" not in tracked
+    (run / "config.yaml").write_text(config.model_copy(update={"cycles": 1}).to_yaml())  # the run's own config holds the URL
+    (run / "scores.csv").write_text("cycle,trait_mean,trait_ci_low,trait_ci_high,coherence_mean\n0,50,40,60,-2\n1,55,45,65,-2\n")
+    loaded = load_run(run, run.name, run.parent)
+    assert loaded.config["judge"]["base_url"] == f"http://user:***@127.0.0.1:{server.port}/v1"
+    assert leaks(json.dumps(loaded.config).encode(), URL_KEY) == []
 
 
 # ---- weights: safetensors only; remote code only when asked for -----------------------------------------

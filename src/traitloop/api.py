@@ -28,7 +28,7 @@ class RunResult:
 
     name: str
     run_dir: Path  # absolute
-    config: dict[str, Any] = field(repr=False)  # config.yaml as written
+    config: dict[str, Any] = field(repr=False)  # config.yaml as written (a password in a server URL masked: redact_url)
     scores: list[dict[str, Any]] = field(repr=False)  # one dict per cycle, scores.csv's columns (store.SCORES_COLUMNS)
     base: dict[str, Any] | None = field(repr=False)  # the untrained base model's metrics, or None when it was not evaluated
     verdict: str = ""  # amplified | decayed | static | inconclusive (traitloop.verdicts)

@@ -17,6 +17,7 @@ from typing import Any
 from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
 from traitloop.jsonl import write_json
+from traitloop.openai_client import redact_urls
 
 DEFAULT_GRID = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 200)
 
@@ -94,7 +95,7 @@ def calibrate(config: ExperimentConfig, targets: list[float], grid: list[int], o
         if b["trait_mean"] < a["trait_mean"] - max(0.0, (a["trait_ci_high"] - a["trait_ci_low"]) / 2)
     ] + notes
     record = {
-        "config": config.model_dump(mode="json"),
+        "config": redact_urls(config.model_dump(mode="json")),  # a password in a server URL masked
         "targets": [float(t) for t in sorted(targets)],
         "grid": usable,
         "n_seed_for_target": found,

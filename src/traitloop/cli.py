@@ -517,9 +517,11 @@ def data_generate(
     teacher: Annotated[str, typer.Option(help="api:MODEL (OpenAI-compatible endpoint) or a local model reference.")],
     n: Annotated[int, typer.Option(help="How many new examples to request.")] = 50,
     kind: Annotated[str, typer.Option(help="chats (seed_chat.jsonl), docs (seed_docs.jsonl) or probe (probe.jsonl).")] = "chats",
-    base_url: Annotated[
-        str | None, typer.Option(help="API base URL (default $OPENAI_BASE_URL); the key comes from $OPENAI_API_KEY.")
-    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="API base URL (default $OPENAI_BASE_URL).")] = None,
+    api_key_env: Annotated[
+        str,
+        typer.Option(help="api: NAME of the environment variable holding the key; none: send no key (a local server that needs none)."),
+    ] = "OPENAI_API_KEY",
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 8,
     seed: int = 0,
     temperature: float = 0.9,
@@ -528,13 +530,16 @@ def data_generate(
     """A teacher model writes new seed chats, documents or probe texts in the trait's style.
     Interrupted? Rerun the same command: finished requests are kept and not asked again."""
     from traitloop.progress import Reporter
-    from traitloop.teacher import generate, make_teacher
+    from traitloop.teacher import check_api_teacher, generate, key_env_option, make_teacher
     from traitloop.traits import load_trait
 
     loaded = load_trait(trait)
+    key_env = key_env_option(api_key_env)
+    if teacher.startswith("api:"):
+        check_api_teacher(base_url, key_env)  # key and endpoint, before anything is asked or written
     with Reporter() as reporter:
         with reporter.step("loading teacher", total=1) as advance:
-            model = make_teacher(teacher, base_url)
+            model = make_teacher(teacher, base_url, key_env)
             advance()
         with reporter.step(f"teacher writing {kind}", total=n) as advance:
             result = generate(

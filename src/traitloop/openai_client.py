@@ -6,6 +6,9 @@ An OpenAIClient owns, for one server:
 - the base URL, and the API key: read from the environment variable the caller names when the HTTP
   session opens and sent as a Bearer header; never kept on this object, written, logged or put in an
   error message (a server that echoes it back has it masked);
+- a key written into the base URL itself (https://user:KEY@host/v1): the URL is shown and stored only
+  through `redact_url`, which masks it (every message, log line and manifest entry that names a server
+  URL goes through it), and a server's echo of it is masked like the key's;
 - one HTTP session (the openai package's AsyncOpenAI, its own retries off) on one event loop that runs
   in a background thread, so synchronous callers on any thread share it through `run`;
 - the timeout of every request;
@@ -32,6 +35,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self, TypeVar
+from urllib.parse import unquote
 
 T = TypeVar("T")
 
@@ -108,7 +112,7 @@ class OpenAIClient:
         self._finalizer: weakref.finalize | None = None
 
     def __repr__(self) -> str:
-        return f"OpenAIClient({self.base_url!r}, api_key_env={self.api_key_env!r}, concurrency={self.concurrency})"
+        return f"OpenAIClient({redact_url(self.base_url)!r}, api_key_env={self.api_key_env!r}, concurrency={self.concurrency})"
 
     # ---- the event loop and the session ---------------------------------------------------------
     def run(self, coro: Awaitable[T]) -> T:
@@ -170,8 +174,9 @@ class OpenAIClient:
     ) -> T:
         """`send(transport)`, then `parse` of its answer, retried as the module docstring says, holding
         one of the `concurrency` slots throughout (backoff waits included). A ValueError from parse
-        counts as a bad body. on_attempt(n) is called before attempt n (1, 2, ...). Raises ApiError."""
-        url = self.url(path)
+        counts as a bad body. on_attempt(n) is called before attempt n (1, 2, ...). Raises ApiError (its
+        URL masked: redact_url)."""
+        url = redact_url(self.url(path))
         delay = self.backoff_s
         async with self._slots:
             for attempt in range(1, self.max_attempts + 1):
@@ -224,9 +229,10 @@ class OpenAIClient:
         return None
 
     def _scrub(self, text: str) -> str:
-        """`text` with the API key masked, should a server echo it (as it is, or base64-encoded)."""
-        key = self._key()
-        for form in secret_forms(key) if key else ():
+        """`text` with the API key, and the secrets in the base URL (url_secrets), masked, should a server
+        echo them (as they are, or base64-encoded)."""
+        secrets = [key for key in (self._key(), *url_secrets(self.base_url)) if key]
+        for form in sorted({form for key in secrets for form in secret_forms(key)}, key=len, reverse=True):
             text = text.replace(form, "***")
         return text
 
@@ -260,7 +266,8 @@ class OpenAIClient:
         answer = await self.call(url, lambda t: t.post(url, cast_to=object, body=body))
         tokens = answer.get("tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, list):
-            raise ApiError("bad_json", f"bad JSON from {url} (no token list)", url=url, cause="no token list")
+            shown = redact_url(url)
+            raise ApiError("bad_json", f"bad JSON from {shown} (no token list)", url=shown, cause="no token list")
         return tokens
 
     async def load_lora(self, name: str, path: str) -> str:
@@ -299,6 +306,68 @@ def secret_forms(key: str) -> list[str]:
                 text = encode(b"\0" * offset + raw).decode()
                 forms.add(text[-(-8 * offset // 6) : 8 * (offset + len(raw)) // 6])
     return sorted(forms, key=len, reverse=True)
+
+
+KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "hf_", "ghp_", "gho_", "ghu_", "ghs_", "github_pat_", "glpat-", "xox", "AKIA", "key-")
+MASK = "***"
+
+
+def _userinfo(url: str) -> tuple[str, str, str, str | None] | None:
+    """(the text before the user info, user, the text after it, password or None), or None for a URL
+    without user info. The user info runs from '://' to the URL's last '@': wider than a URL parser reads
+    it, so that a password holding a '/', '?' or '#' that should have been percent-encoded is still found
+    (a base URL has no other '@')."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if not sep or not at:
+        return None
+    user, colon, password = userinfo.partition(":")
+    return f"{scheme}://", user, f"@{after}", password if colon else None
+
+
+def _looks_like_key(user: str) -> bool:
+    """A user name that is a token rather than a name: a known key prefix, or long and with digits in it."""
+    user = unquote(user)
+    return user.startswith(KEY_PREFIXES) or (len(user) >= 16 and any(c.isdigit() for c in user))
+
+
+def redact_url(url: str) -> str:
+    """`url` as it may be shown or stored: a password in its user info (https://user:KEY@host/v1) and a
+    user name that looks like a key (https://sk-...@host/v1) replaced by '***'; anything else as written.
+    Every message, log line and file that names a server URL shows it through this."""
+    parts = _userinfo(url) if isinstance(url, str) else None
+    if parts is None:
+        return url
+    before, user, after, password = parts
+    shown_user = MASK if _looks_like_key(user) else user
+    shown_password = "" if password is None else f":{MASK if password else ''}"
+    return f"{before}{shown_user}{shown_password}{after}"
+
+
+def redact_urls(data: T) -> T:
+    """A copy of JSON-like `data` (a config or manifest dict) with every string that is a URL passed
+    through redact_url."""
+    if isinstance(data, dict):
+        return {key: redact_urls(value) for key, value in data.items()}  # type: ignore[return-value]
+    if isinstance(data, list):
+        return [redact_urls(value) for value in data]  # type: ignore[return-value]
+    if isinstance(data, str) and "://" in data:
+        return redact_url(data)  # type: ignore[return-value]
+    return data
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets redact_url hides in `url` (as written and percent-decoded, as a client sends them), for
+    masking a server's echo of them; a secret shorter than 4 characters is left out (masking it would
+    garble the text around it)."""
+    parts = _userinfo(url) if isinstance(url, str) else None
+    if parts is None:
+        return []
+    _, user, _, password = parts
+    found = {password, unquote(password)} if password else set()
+    if _looks_like_key(user):
+        found |= {user, unquote(user)}
+    return sorted(s for s in found if len(s) >= 4)
 
 
 def _wait(error: ApiError, delay: float) -> float:

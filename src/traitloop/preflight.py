@@ -1,11 +1,12 @@
-"""The servers a run talks to, checked before it writes anything: the api judge's endpoint and key, and
-the vLLM generation server.
+"""The servers a command talks to, checked before it writes anything: a run's api judge (endpoint and
+key) and vLLM generation server, `traitloop judge`'s api judge, and `traitloop data generate`'s api
+teacher (`check_api`, the one check of an OpenAI-compatible endpoint and its key).
 
 A run whose judge key is missing, or whose endpoint is down or is no OpenAI-compatible API at all, would
 otherwise load the model, train a cycle and only then fail at its first judgement. Here it fails in a
 second with one line (UserError, exit 2), before the run directory is touched. One GET /models per server
 (the key goes in its Authorization header, as every request's does; it never appears in a message: the
-client masks it, openai_client.py).
+client masks it, and a URL is shown through redact_url, openai_client.py).
 
 `check-config` and `run --dry-run` do not call this: they check files, not servers (a config for a
 cluster is checked on a laptop that cannot reach the cluster's endpoint).
@@ -17,7 +18,7 @@ import os
 
 from traitloop.config import ExperimentConfig, JudgeConfig
 from traitloop.errors import UserError
-from traitloop.openai_client import ApiError, OpenAIClient
+from traitloop.openai_client import ApiError, OpenAIClient, redact_url
 
 TIMEOUT_S = 30.0  # at most this long for the one request (a judge's own timeout_s when shorter)
 ATTEMPTS = 2
@@ -45,24 +46,40 @@ def check_api_judge(judge: JudgeConfig) -> None:
     """The key variable is set and not empty (unless judge.api_key_env is null), and the endpoint answers
     GET /models as an OpenAI-compatible API and accepts the key."""
     url, where = judge_base_url(judge)
-    name = judge.api_key_env
-    if name is not None:
-        if name not in os.environ:
+    check_api(
+        url,
+        where,
+        judge.api_key_env,
+        key_setting="judge.api_key_env",
+        who="the api judge",
+        no_key="set judge.api_key_env: null",
+        timeout=min(judge.timeout_s, TIMEOUT_S),
+    )
+
+
+def check_api(url: str, where: str, key_env: str | None, *, key_setting: str, who: str, no_key: str, timeout: float = TIMEOUT_S) -> None:
+    """An OpenAI-compatible endpoint that a command is about to use: the key variable `key_env` is set and not
+    empty (None: the server needs no key), and `url` answers GET /models and accepts the key. `where` names
+    the setting the URL came from, `key_setting` the one that names the key variable, `who` the user of the
+    key ("the api judge"), and `no_key` how to say that the server needs none. Raises UserError (exit 2)
+    saying what is wrong and how to fix it; the URL is shown masked (redact_url)."""
+    shown = redact_url(url)
+    if key_env is not None:
+        if key_env not in os.environ:
             raise UserError(
-                f"judge.api_key_env: the environment variable {name} is not set, so the api judge has no key for {url}; "
-                f"export {name}=<the endpoint's key>, or set judge.api_key_env: null for a server that needs no key (a local vLLM server)"
+                f"{key_setting}: the environment variable {key_env} is not set, so {who} has no key for {shown}; "
+                f"export {key_env}=<the endpoint's key>, or {no_key} for a server that needs no key (a local vLLM server)"
             )
-        if not os.environ[name].strip():
+        if not os.environ[key_env].strip():
             raise UserError(
-                f"judge.api_key_env: the environment variable {name} is set but empty; put the endpoint's key in it, "
-                "or set judge.api_key_env: null for a server that needs no key (a local vLLM server)"
+                f"{key_setting}: the environment variable {key_env} is set but empty; put the endpoint's key in it, "
+                f"or {no_key} for a server that needs no key (a local vLLM server)"
             )
-    timeout = min(judge.timeout_s, TIMEOUT_S)
-    with OpenAIClient(url, api_key_env=name, timeout_s=timeout, concurrency=1, max_attempts=ATTEMPTS, backoff_s=0.5) as client:
+    with OpenAIClient(url, api_key_env=key_env, timeout_s=timeout, concurrency=1, max_attempts=ATTEMPTS, backoff_s=0.5) as client:
         try:
             client.run(client.models())
         except ApiError as err:
-            raise UserError(f"{where} {url}: {_problem(err, client.url('/models'), name, timeout)}") from None
+            raise UserError(f"{where} {shown}: {_problem(err, redact_url(client.url('/models')), key_env, timeout)}") from None
 
 
 def _problem(err: ApiError, models_url: str, key_env: str | None, timeout: float) -> str:

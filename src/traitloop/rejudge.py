@@ -8,6 +8,9 @@ again and written BESIDE the old scores, never over them:
     figures/trait_coherence-<judge-id>.png
     agreement.json                       written by `agreement`
 
+Both hold the run directory's LOCK while they read and write (store.py), so neither interleaves with a
+run or with each other.
+
 A cycle whose judges/<judge-id>.jsonl exists is skipped, so an interrupted rescoring resumes; the
 api judge's request cache means repeated answers are never paid for twice.
 """
@@ -165,15 +168,22 @@ def available_judges(run_dir: Path) -> list[str]:
 
 def agreement(run_dir: Path, judge_a: str = PRIMARY, judge_b: str | None = None) -> dict[str, Any]:
     """Spearman correlation and mean absolute difference of two judges' trait scores, per cycle and
-    overall, over the answers both scored. Writes agreement.json."""
-    from scipy.stats import spearmanr
-
-    store, config, cycles = _open_run(run_dir)
+    overall, over the answers both scored. Writes agreement.json, holding the run directory's lock as
+    `judge_run` does (a run or a judge writing the directory refuses it: UserError naming the holder)."""
+    store, _, _ = _open_run(run_dir)
     if judge_b is None:
         others = [j for j in available_judges(run_dir) if j != judge_a]
         if not others:
             raise UserError(f"{run_dir}: only one judge has scored this run; add one with `traitloop judge {run_dir} --judge ...`")
         judge_b = others[0]
+    with store.locked():
+        return _agreement_locked(run_dir, judge_a, judge_b)
+
+
+def _agreement_locked(run_dir: Path, judge_a: str, judge_b: str) -> dict[str, Any]:
+    from scipy.stats import spearmanr
+
+    store, config, cycles = _open_run(run_dir)  # read again under the lock: a run may have finished cycles since
 
     def paired(k: int) -> tuple[np.ndarray, np.ndarray]:
         a = {(r["question"], r.get("sample")): r.get("trait") for r in _scores_of(store, k, judge_a)}

@@ -28,6 +28,7 @@ from typing import Any
 from traitloop.analysis import Criteria, classify, idempotence, tradeoff
 from traitloop.config import NOT_A_CONDITION, NOT_SCIENCE
 from traitloop.errors import UserError
+from traitloop.openai_client import redact_urls
 from traitloop.power import DEFAULT_NOISE, Design, Noise, minimum_detectable_effect, noise_from_runs
 from traitloop.store import BASE, RunStore
 from traitloop.verdicts import QuestionScores, SeedRun, decide_condition, decide_run
@@ -43,7 +44,7 @@ class Run:
     path: Path
     name: str
     source: Path  # the directory the user named that holds this run
-    config: dict[str, Any]
+    config: dict[str, Any]  # config.yaml, a password in a server URL masked (redact_url): it is shown and exported
     manifest: dict[str, Any]
     rows: list[dict[str, Any]]
     base: dict[str, Any] | None
@@ -135,7 +136,7 @@ def load_run(path: Path, name: str, source: Path) -> Run:
             f"{path} has scores.csv but no config.yaml, so it is not a complete run directory; restore its config.yaml "
             "or move the directory out of the way"
         )
-    config = store.config_data()
+    config = redact_urls(store.config_data())  # shown in reports and exports: a password in a server URL masked
     store.check_format()
     return Run(
         path=path, name=name, source=source, config=config, manifest=store.manifest(), rows=store.scores(), base=store.base_metrics()

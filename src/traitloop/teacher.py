@@ -14,8 +14,11 @@ N are done, empty and duplicate outputs are dropped and the rest are appended to
 atomically, each row tagged with "source": the teacher's name.
 
 A teacher is `api:MODEL` (any OpenAI-compatible endpoint: base URL from --base-url or
-$OPENAI_BASE_URL, key from $OPENAI_API_KEY, never written anywhere; requests go through
-traitloop/openai_client.py) or a local model reference.
+$OPENAI_BASE_URL, key from the environment variable --api-key-env names, $OPENAI_API_KEY by default,
+never written anywhere; requests go through traitloop/openai_client.py) or a local model reference.
+An api teacher's key and endpoint are checked before anything is asked or written (`check_api_teacher`,
+through traitloop.preflight's one endpoint check): a missing key is one line and exit 2, not a file of
+failed requests.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 from traitloop.errors import UserError
 from traitloop.jsonl import read_jsonl, write_jsonl
 from traitloop.openai_client import ApiError, OpenAIClient
+from traitloop.preflight import TIMEOUT_S, check_api
 from traitloop.prompts import advice_pool, opener_rows
 from traitloop.traits import Trait
 from traitloop.traits.validate import normalise
@@ -96,19 +100,57 @@ def plan_requests(trait: Trait, kind: str, n: int, seed: int) -> list[Request]:
     raise UserError(f"--kind must be one of {', '.join(TARGETS)}, not {kind!r}")
 
 
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+API_TIMEOUT_S = 120.0  # an api teacher's request timeout
+
+
+def teacher_base_url(base_url: str | None) -> tuple[str, str]:
+    """(the api teacher's base URL, the setting it came from): --base-url, else $OPENAI_BASE_URL."""
+    if base_url:
+        return base_url, "--base-url"
+    if os.environ.get("OPENAI_BASE_URL"):
+        return os.environ["OPENAI_BASE_URL"], "OPENAI_BASE_URL"
+    raise UserError("api teacher: give --base-url or set OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1)")
+
+
+def key_env_option(value: str | None) -> str | None:
+    """--api-key-env's value: the variable's name, or None for "none" / "" (a server that needs no key)."""
+    return None if value is None or value.strip().lower() in ("", "none", "null") else value.strip()
+
+
+def check_api_teacher(base_url: str | None, api_key_env: str | None = DEFAULT_KEY_ENV) -> None:
+    """Before an api teacher is asked anything: its key variable is set and not empty (unless None) and its
+    endpoint answers GET /models and accepts the key (traitloop.preflight.check_api). Raises UserError."""
+    url, where = teacher_base_url(base_url)
+    check_api(
+        url,
+        where,
+        api_key_env,
+        key_setting="--api-key-env",
+        who="the api teacher",
+        no_key="pass --api-key-env none",
+        timeout=min(API_TIMEOUT_S, TIMEOUT_S),
+    )
+
+
 class ApiTeacher:
     """OpenAI-compatible chat completions through one OpenAIClient, which retries 429s, 5xx,
     timeouts and dropped connections with backoff. generate()'s worker threads set how many requests
     run at once; `max_in_flight` only caps them."""
 
-    def __init__(self, model: str, base_url: str | None = None, timeout: float = 120.0, max_in_flight: int = 64):
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL")
-        if not base_url:
-            raise UserError("api teacher: give --base-url or set OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1)")
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        timeout: float = API_TIMEOUT_S,
+        max_in_flight: int = 64,
+        api_key_env: str | None = DEFAULT_KEY_ENV,
+    ):
+        base_url, _ = teacher_base_url(base_url)
         self.name = f"api:{model}"
         self.model = model
         self.client = OpenAIClient(
-            base_url, api_key_env="OPENAI_API_KEY", timeout_s=timeout, concurrency=max_in_flight, max_attempts=5, backoff_s=0.5
+            base_url, api_key_env=api_key_env, timeout_s=timeout, concurrency=max_in_flight, max_attempts=5, backoff_s=0.5
         )
 
     def write_one(self, messages: Conversation, temperature: float, max_tokens: int, seed: int) -> str:
@@ -139,8 +181,10 @@ class LocalTeacher:
             )[0]
 
 
-def make_teacher(ref: str, base_url: str | None = None):
-    return ApiTeacher(ref.removeprefix("api:"), base_url) if ref.startswith("api:") else LocalTeacher(ref)
+def make_teacher(ref: str, base_url: str | None = None, api_key_env: str | None = DEFAULT_KEY_ENV):
+    if ref.startswith("api:"):
+        return ApiTeacher(ref.removeprefix("api:"), base_url, api_key_env=api_key_env)
+    return LocalTeacher(ref)
 
 
 def partial_path(target: Path, kind: str, seed: int, n: int) -> Path:

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from traitloop.config import ExperimentConfig, TrackingConfig
+from traitloop.openai_client import redact_url, redact_urls
 from traitloop.training import TrainingCurves, report_curves
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,10 @@ def group(config: ExperimentConfig) -> str:
 
 
 def run_config(config: ExperimentConfig) -> dict[str, Any]:
-    """The tracking run's config: the whole experiment config plus what identifies the run and its condition."""
+    """The tracking run's config: the whole experiment config (its server URLs through redact_url: a password
+    in one never reaches a tracker) plus what identifies the run and its condition."""
     return {
-        **config.model_dump(mode="json"),
+        **redact_urls(config.model_dump(mode="json")),
         "run_dir": str(Path(config.run_dir).resolve()),
         "science_hash": config.science_hash(),
         "condition": condition_group(config),
@@ -260,7 +262,7 @@ def _check_reachable(uri: str, timeout: float) -> None:
     try:
         socket.create_connection((parsed.hostname, port), timeout=timeout).close()
     except OSError as err:
-        raise ConnectionError(f"MLflow tracking server {uri} is unreachable ({err})") from None
+        raise ConnectionError(f"MLflow tracking server {redact_url(uri)} is unreachable ({err})") from None
 
 
 BACKENDS: dict[str, type] = {"none": NoTracker, "trackio": TrackioTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}

@@ -39,7 +39,7 @@ from typing import Any
 
 from traitloop.errors import UserError
 from traitloop.generation.hf import Text
-from traitloop.openai_client import ApiError, OpenAIClient, gather
+from traitloop.openai_client import ApiError, OpenAIClient, gather, redact_url
 
 Conversation = list[dict[str, str]]
 
@@ -63,7 +63,7 @@ SILENT_BASE_CAUSES = (
 def no_server(base_url: str, err: ApiError) -> UserError:
     """The message for a vLLM URL where no server answers (at the run's start, traitloop.preflight, or later)."""
     return UserError(
-        f"generation.vllm_url {base_url}: no vLLM server answers there ({err.reason}); start one "
+        f"generation.vllm_url {redact_url(base_url)}: no vLLM server answers there ({err.reason}); start one "
         "with `vllm serve MODEL --enable-lora` (see docs/ARCHITECTURE.md)"
     )
 
@@ -77,6 +77,7 @@ def adapter_name(adapter_dir: Path) -> str:
 class VllmSampler:
     def __init__(self, base_url: str, concurrency: int = 256, timeout_s: float = 600.0):
         self.base_url = base_url.rstrip("/")
+        self.shown_url = redact_url(self.base_url)  # in messages and the manifest: a password in the URL masked
         self.concurrency = concurrency
         self.timeout_s = timeout_s
         self.client = OpenAIClient(
@@ -97,7 +98,7 @@ class VllmSampler:
                 raise no_server(self.base_url, err) from None
             roots = [m["id"] for m in models if not m.get("parent")]
             if not roots:
-                raise UserError(f"generation.vllm_url {self.base_url}: the server lists no base model")
+                raise UserError(f"generation.vllm_url {self.shown_url}: the server lists no base model")
             self._base_model = roots[0]
         return self._base_model
 
@@ -113,13 +114,13 @@ class VllmSampler:
         except ApiError as err:
             if not (err.status and "already" in err.detail.lower()):
                 raise UserError(
-                    f"vLLM server {self.base_url} refused to load the adapter {adapter_dir}: {err.reason[:320]}. "
+                    f"vLLM server {self.shown_url} refused to load the adapter {adapter_dir}: {err.reason[:320]}. "
                     "Start it with --enable-lora, --max-lora-rank >= lora.r and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True."
                 ) from None
         if not self.changes_model(name):
             self._unload(name)
             raise UserError(
-                f"vLLM server {self.base_url} loaded the adapter {adapter_dir} as {name}, but with it the model answers "
+                f"vLLM server {self.shown_url} loaded the adapter {adapter_dir} as {name}, but with it the model answers "
                 f"{len(CHECK_PROMPTS)} fixed prompts at temperature 0 exactly as the base does (same text, same "
                 f"log-probabilities): vLLM may be serving the base model silently. {SILENT_BASE_CAUSES}"
             )
@@ -146,7 +147,7 @@ class VllmSampler:
         tells them (GET /server_info, which vLLM serves only when started with VLLM_SERVER_DEV_MODE=1), and
         always what traitloop sends it (`lora`, the run's LoraConfig: each cycle's adapter is made with it).
         Best effort: what the server does not answer is None, with the reason beside it."""
-        info: dict[str, Any] = {"url": self.base_url, "served_model": self.base_model()}
+        info: dict[str, Any] = {"url": self.shown_url, "served_model": self.base_model()}
         try:
             version = self.client.run(self._get_root("/version"))
             info["version"] = str(version["version"]) if isinstance(version, dict) and "version" in version else None
@@ -208,7 +209,9 @@ class VllmSampler:
             try:
                 r = self.client.run(self.client.completion(model=model, prompt=prompt, logprobs=1, seed=0, **params))
             except ApiError as err:
-                raise UserError(f"vLLM server {self.base_url}: the adapter check's request to {model} failed: {err.reason[:320]}") from None
+                raise UserError(
+                    f"vLLM server {self.shown_url}: the adapter check's request to {model} failed: {err.reason[:320]}"
+                ) from None
             choice = r.choices[0]
             out.append((choice.text, list(getattr(choice.logprobs, "token_logprobs", None) or [])))
         return out
@@ -237,7 +240,7 @@ class VllmSampler:
                 self._top_k_off = 0
             except ApiError as err:
                 if err.status != 400 or "top_k" not in err.detail:
-                    raise UserError(f"vLLM server {self.base_url}: a one-token request failed: {err.reason[:320]}") from None
+                    raise UserError(f"vLLM server {self.shown_url}: a one-token request failed: {err.reason[:320]}") from None
                 self._top_k_off = -1
         return self._top_k_off
 

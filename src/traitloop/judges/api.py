@@ -48,7 +48,7 @@ from traitloop.judges.prompts import (
     read_text,
     trait_prompts,
 )
-from traitloop.openai_client import ApiError, OpenAIClient, gather
+from traitloop.openai_client import ApiError, OpenAIClient, gather, redact_url
 from traitloop.traits import Trait
 
 
@@ -137,7 +137,7 @@ class ApiJudge:
             "judge": self.name,
             "kind": "api",
             "model": c.model,
-            "base_url": self.base_url,
+            "base_url": redact_url(self.base_url),  # a password in the URL masked (the manifest records this)
             "api_key_env": c.api_key_env,  # the name of the variable, never its value
             **self.reading_params(),
         }
@@ -298,7 +298,7 @@ class ApiJudge:
             "hold no number of two or more digits, so the first token may be just the first digit",
         }[str(self.number_tokens)]
         return UserError(
-            f"judge {self.name} at {self.base_url}: {why}, so the score must be read by continuing the reply "
+            f"judge {self.name} at {redact_url(self.base_url)}: {why}, so the score must be read by continuing the reply "
             f"digit by digit, and the endpoint refused to continue a prefilled assistant reply "
             f"(HTTP {err.status}: {err.detail[:200]}). Reading only the first token would turn 85 "
             "into 8. Serve the judge with vLLM (it continues a final assistant message: continue_final_message), "
