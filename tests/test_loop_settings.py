@@ -268,3 +268,39 @@ def test_matmul_precision_is_part_of_the_science_hash(tiny_dir, tmp_path):
     a = config(tiny_dir, tmp_path, model={"matmul_precision": "highest"})
     b = config(tiny_dir, tmp_path, model={"matmul_precision": "medium"})
     assert a.science_hash() != b.science_hash()
+
+
+def test_a_published_cycle_0_and_base_evaluation_are_adopted_by_the_other_init(tiny_dir, tmp_path):
+    """publish_cycle0 (traitloop reproduce's grids): the reset run copies its finished cycle 0 and its base
+    evaluation into out_dir/cycle0-cache; the continual run of the same seed adopts both instead of
+    computing them, and ends with exactly the scores it computes alone. Another seed adopts nothing, and
+    a run whose cycle 0 came from another seed (cycle0_from) publishes nothing."""
+    shared = {"setting": "sft", "cycles": 1, "eval": {"include_base": True}, "publish_cycle0": True}
+    reset = config(tiny_dir, tmp_path, init="reset", name="reset", **shared)
+    _, cycles = run(reset)
+    assert "adopted_from" not in cycles["0"]
+    cache = reset.cycle0_config().run_dir
+    assert cache.parent == tmp_path / "runs" / "cycle0-cache"
+    assert (cache / "cycle-000" / "DONE").is_file() and (cache / "base" / "metrics.json").is_file()
+    assert not list(cache.parent.glob(".*publish*"))  # built aside, renamed into place
+
+    continual = config(tiny_dir, tmp_path, init="continual", name="continual", **shared)
+    rows, cycles = run(continual)
+    assert cycles["0"]["adopted_from"] == str(cache)
+    assert "-1" not in cycles  # the base evaluation was copied, not run
+    for part in ("base/answers.jsonl", "base/eval.jsonl", "base/metrics.json", "cycle-000/eval.jsonl", "cycle-000/data.jsonl"):
+        assert (continual.run_dir / part).read_bytes() == (reset.run_dir / part).read_bytes(), part
+
+    alone = config(tiny_dir, tmp_path / "alone", init="continual", name="continual", **{**shared, "publish_cycle0": False})
+    alone_rows, alone_cycles = run(alone)
+    assert "adopted_from" not in alone_cycles["0"] and "-1" in alone_cycles  # computed everything itself
+    assert (continual.run_dir / "scores.csv").read_text() == (alone.run_dir / "scores.csv").read_text()
+    assert (continual.run_dir / "base" / "metrics.json").read_text() == (alone.run_dir / "base" / "metrics.json").read_text()
+
+    other_seed = config(tiny_dir, tmp_path, init="continual", name="seed1", seed=1, **shared)
+    _, cycles = run(other_seed)
+    assert "adopted_from" not in cycles["0"] and "-1" in cycles
+    copied = config(tiny_dir, tmp_path, init="reset", name="seed2", seed=2, cycle0_from=str(reset.run_dir), **shared)
+    _, cycles = run(copied)
+    assert cycles["0"]["adopted_from"] == str(reset.run_dir)
+    assert not copied.cycle0_config().run_dir.exists()  # seed 0's cycle 0 is not offered as seed 2's

@@ -286,6 +286,12 @@ class ExperimentConfig(_Section):
         description="Reuse cycle 0 (data, adapter, answers, scores) from this finished run directory instead of "
         "training it; that run must have the same config apart from seed. Sweeps set it for share_cycle0.",
     )
+    publish_cycle0: bool = Field(
+        False,
+        description="After training cycle 0, copy it (with the base model's evaluation) into out_dir/cycle0-cache/, "
+        "where every later run with the same cycle-0 config, the same seed included, adopts it instead of training "
+        "it again: the other init of a seed, say (`traitloop reproduce`'s grids set it). Changes no result.",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
@@ -360,7 +366,7 @@ class ExperimentConfig(_Section):
         """This run's cycle 0 as a run of its own, under out_dir/cycle0-cache/: `traitloop calibrate` trains
         cycle-0 models there, and any later run with the same cycle0_dict reuses them."""
         d = self.model_dump(mode="json")
-        for later in ("cycles", "n_sampled", "init", "restart_from_base_at", "data", "cycle0_from"):
+        for later in ("cycles", "n_sampled", "init", "restart_from_base_at", "data", "cycle0_from", "publish_cycle0"):
             d.pop(later)
         d["eval"]["include_base"] = False
         trait = Path(self.trait).name
@@ -374,7 +380,7 @@ class ExperimentConfig(_Section):
 
 
 # Dotted config keys that never change results: where things are, not what they are.
-NOT_SCIENCE = ("out_dir", "name", "cycle0_from", "generation.vllm_url", "generation.concurrency", "tracking")
+NOT_SCIENCE = ("out_dir", "name", "cycle0_from", "publish_cycle0", "generation.vllm_url", "generation.concurrency", "tracking")
 NOT_A_CONDITION = ("seed",)  # and what differs between replications of one condition
 
 

@@ -152,6 +152,8 @@ class Experiment:
             metrics["judge_usage"] = record["judge_usage"]
         store.commit_cycle(k, metrics, self.config_hash)
         store.record_stage(k, "cycle_total_this_process", time.time() - started)
+        if k == 0 and cfg.publish_cycle0 and (published := store.publish_cycle0(cfg)):
+            self.reporter.log(f"cycle 0: copied to {published} for runs with the same cycle-0 config and seed")
         self.reporter.log(
             f"cycle {k}: trait {metrics['trait_mean']:.1f} [{metrics['trait_ci_low']:.1f}, {metrics['trait_ci_high']:.1f}]"
             f"  coherence {metrics['coherence_mean']:.3f}  ({metrics['n_answers']} answers)"
@@ -268,6 +270,8 @@ class Experiment:
 
     def evaluate_base(self) -> dict[str, Any]:
         """The untrained model's trait and coherence, once per run (base/metrics.json)."""
+        if self.store.base_metrics() is None and (source := self.store.cached_cycle0(self.config)) and self.store.adopt_base(source):
+            self.reporter.log(f"base model: its evaluation adopted from {source} (same model, eval, judge and seed)")
         if self.store.base_metrics() is None:
             self.evaluate(BASE, self.base)
             metrics = self.evaluator.summarise(BASE, self.store.read_rows(BASE, "eval"), self.config.seed, n_train=0)

@@ -290,9 +290,15 @@ def plan(sweeps: list, jobs: int | None, executor: str = "local", with_estimate:
         if throughput is not None:
             from traitloop.estimate import estimate
 
-            seconds = []
+            seconds, published = [], set()
             for run in todo:
-                est = estimate(run.config, throughput)
+                config = run.config
+                if config.publish_cycle0:  # the second run of a seed's cycle-0 config copies it (planned as cycle0_from)
+                    cache = config.cycle0_config().run_dir
+                    if cache in published:
+                        config = config.model_copy(update={"cycle0_from": cache})
+                    published.add(cache)
+                est = estimate(config, throughput)
                 seconds.append(float(est["totals"]["seconds"]))
                 out["notes"].extend(n for n in est["notes"] if "already done" not in n)
             entry["run_seconds"] = seconds

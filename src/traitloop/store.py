@@ -746,18 +746,54 @@ class RunStore:
             raise UserError(f"cycle0_from: {source_dir} trained cycle 0 with a different config (only the seed may differ)")
         if not source.is_done(0, other.science_hash()):
             raise UserError(f"cycle0_from: {source_dir} has not finished cycle 0 yet; run it first")
-        for stage in ("data", "adapter", "answers", "eval"):
-            src, dst = source.stage_path(0, stage), self.stage_path(0, stage)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.adopt")
-            _remove(tmp)
-            if src.is_dir():
-                shutil.copytree(src, tmp)
-            else:
-                shutil.copy2(src, tmp)
-            _remove(dst)
-            os.replace(tmp, dst)  # each stage appears whole, or not at all
+        for stage in ("data", "adapter", "heldout", "answers", "eval"):
+            if stage != "heldout" or source.has(0, stage):  # a run without held-out texts has none
+                _copy_whole(source.stage_path(0, stage), self.stage_path(0, stage))
         self.record_stage(0, "adopted", 0.0, adopted_from=str(source.root))
+
+    def publish_cycle0(self, config: ExperimentConfig) -> Path | None:
+        """Copy this run's finished cycle 0, and its base model's evaluation, into the cycle-0 cache
+        (config.cycle0_config's directory under out_dir/cycle0-cache/, where `cached_cycle0` looks and
+        `traitloop calibrate` trains), for later runs with the same cycle-0 config and seed
+        (config.publish_cycle0). The copy is built beside the cache directory and renamed into place,
+        so a reader finds it whole or not at all; when the cache already holds one (another run got
+        there first), nothing is written. Returns the cache directory it wrote, or None."""
+        c0 = config.cycle0_config()
+        target = c0.run_dir
+        if target.exists() or target.resolve() == self.root.resolve() or not self.is_done(0, config.science_hash()):
+            return None
+        if self.manifest().get("cycles", {}).get("0", {}).get("adopted_from"):  # another seed's, or already a copy
+            return None
+        building = target.with_name(f".{target.name}.publish-{os.getpid()}")
+        _remove(building)
+        cache = RunStore(building)
+        try:
+            cache.open(c0, inputs=self.manifest().get("inputs", {}))
+            cache.adopt_cycle0(self.root, c0)
+            for name in (*BASE_FILES, "heldout.json"):
+                if (self.cycle_dir(BASE) / name).is_file():
+                    _copy_whole(self.cycle_dir(BASE) / name, cache.cycle_dir(BASE) / name)
+            cache.commit_cycle(0, self.metrics(0), c0.science_hash())
+        finally:
+            cache.release()
+        try:
+            os.rename(building, target)  # refused when another run published first: theirs is kept
+        except OSError:
+            _remove(building)
+            return None
+        return target
+
+    def adopt_base(self, source_dir: str | Path) -> bool:
+        """Copy a finished base-model evaluation (base/: answers, eval, metrics, held-out perplexities)
+        from the cycle-0 cache entry of this run's cycle-0 config and seed (`cached_cycle0`), which
+        evaluated the same base model with the same eval, judge and seed. False when it holds none."""
+        source = RunStore(source_dir).cycle_dir(BASE)
+        if not all((source / name).is_file() for name in BASE_FILES):
+            return False
+        for name in ("heldout.json", *BASE_FILES):  # metrics.json last: the mark of a finished evaluation
+            if (source / name).is_file():
+                _copy_whole(source / name, self.cycle_dir(BASE) / name)
+        return True
 
     def cached_cycle0(self, config: ExperimentConfig) -> Path | None:
         """A finished cycle 0 with exactly this run's cycle-0 config under out_dir/cycle0-cache (trained by
@@ -966,6 +1002,19 @@ def _register_release() -> None:
     if not _RELEASE_REGISTERED:
         atexit.register(release_locks)
         _RELEASE_REGISTERED = True
+
+
+def _copy_whole(src: Path, dst: Path) -> None:
+    """Copy a file or directory so that dst appears whole or not at all (built beside it, then renamed)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.adopt")
+    _remove(tmp)
+    if src.is_dir():
+        shutil.copytree(src, tmp)
+    else:
+        shutil.copy2(src, tmp)
+    _remove(dst)
+    os.replace(tmp, dst)
 
 
 def _remove(path: Path) -> None:
