@@ -314,6 +314,7 @@ def plan(sweeps: list, jobs: int | None, executor: str = "local", with_estimate:
         out["wall_seconds"] = total_wall_s if executor == "local" else None
     out["jobs"] = jobs or 1
     out["executor"] = executor
+    out["published"] = any(r.config.publish_cycle0 for sweep in sweeps for r in sweep.runs)
     out["notes"] = list(dict.fromkeys(out["notes"]))
     return out
 
@@ -334,7 +335,8 @@ def plan_table(tier: str, p: dict[str, Any]):
     caption = [
         f"{p['runs']} runs, {p['to_run']} to run; executor {p['executor']}"
         + (f", {p['jobs']} at a time" if p["executor"] == "local" else ""),
-        "every seed trains its own cycle 0 (independent replications) unless marked shared",
+        "every seed trains its own cycle 0 (independent replications) unless marked shared"
+        + ("; the inits of a seed compute it, and the base evaluation, once (publish_cycle0)" if p.get("published") else ""),
     ]
     if p["run_seconds"] is not None:
         caption.append(
