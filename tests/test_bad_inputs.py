@@ -498,23 +498,22 @@ CASES: list[Case] = [
             ),
             Case(
                 "api-endpoint-key-in-url",
-                "an api judge whose `base_url` holds a key as its password, and nothing listens there",
+                "an api judge whose `base_url` holds a key as its password",
                 ["run", "c.yaml"],
-                "judge.base_url http://user:***@127.0.0.1:PORT/v1: no server answers there (ConnectError); start the "
-                "server or correct the URL, then rerun",
-                config(API_JUDGE.replace("http://", "http://user:sk-in-the-url-5f2c@")),
+                "c.yaml: invalid config: judge.base_url: the URL holds credentials (user info before its '@'), and the run's "
+                "config.yaml would store them on disk; remove them from the URL and put the key in the environment variable "
+                "judge.api_key_env names (OPENAI_API_KEY by default)",
+                config(API_JUDGE.replace("PORT", "8000").replace("http://", "http://user:sk-in-the-url-5f2c@")),
                 env={"OPENAI_API_KEY": "sk-test"},
-                server="closed",
             ),
             Case(
                 "vllm-key-in-url",
-                "a `generation.vllm_url` with a key as its user name, and nothing listens there",
+                "a `generation.vllm_url` with a key as its user name",
                 ["run", "c.yaml"],
-                "generation.vllm_url http://***@127.0.0.1:PORT/v1: no vLLM server answers there (server unreachable at "
-                "http://***@127.0.0.1:PORT/v1/models (ConnectError)); start one with `vllm serve MODEL --enable-lora` (see "
-                "docs/ARCHITECTURE.md)",
-                config("cycles: 0\ngeneration:\n  backend: vllm\n  vllm_url: http://sk-in-the-url-5f2c@127.0.0.1:PORT/v1\n"),
-                server="closed",
+                "c.yaml: invalid config: generation.vllm_url: the URL holds credentials (user info before its '@'), and the "
+                "run's config.yaml would store them on disk; remove them from the URL and serve vLLM without --api-key on an "
+                "address only you reach (traitloop sends it no key)",
+                config("cycles: 0\ngeneration:\n  backend: vllm\n  vllm_url: http://sk-in-the-url-5f2c@127.0.0.1:8000/v1\n"),
             ),
         ],
     ),

@@ -6,9 +6,9 @@
   the temporary directory, the Hugging Face home) and everything they printed is searched for the key, as
   it is and base64-encoded. A server that echoes the Authorization header in its errors gets its echo
   masked, on disk and on screen.
-- A key written into a server URL (https://user:KEY@host/v1): every message, manifest entry, tracker
-  config and report shows the URL with the key as '***' (openai_client.redact_url), and a server's
-  echo of it is masked like the key's.
+- A key written into a server URL (https://user:KEY@host/v1): a config refuses it (config.yaml goes to
+  disk); a command-line URL (`data generate --base-url`) and an older run's config are shown with the key
+  as '***' (openai_client.redact_url), and a server's echo of it is masked like the key's.
 - Weights and remote code: only safetensors are loaded (a pickle is never opened), and a model
   repository's own code runs only when the config says model.trust_remote_code: true.
 - Path escapes: no run, sweep or judge name from a config can make traitloop write outside its run or
@@ -241,26 +241,29 @@ def test_redact_url_masks_the_password_and_a_key_like_user(url, shown):
     assert redact_urls({"judge": {"base_url": url}, "urls": [url], "n": 1}) == {"judge": {"base_url": shown}, "urls": [shown], "n": 1}
 
 
-def test_a_key_in_a_url_is_masked_in_error_messages_even_when_the_server_echoes_it(tmp_path, monkeypatch, capsys):
-    """The run's check, `traitloop judge`'s and `data generate`'s show the URL masked; a server that echoes the
-    credentials the client sent from the URL (a Basic header) gets its echo masked too."""
-    from traitloop.preflight import check_api_judge
+def test_a_key_in_a_url_is_refused_by_the_config_and_masked_in_the_teachers_messages(tmp_path, monkeypatch, capsys):
+    """A config's server URLs (judge.base_url, generation.vllm_url, tracking.tracking_uri) may not hold
+    credentials: config.yaml is written to disk. The refusal names the key, not the secret. `data generate`'s
+    --base-url is never stored: its messages show it masked, and a server that echoes the credentials the
+    client sent from the URL (a Basic header) gets its echo masked too."""
     from traitloop.traits import BUILTIN_DIR
 
-    monkeypatch.setenv(KEY_ENV, KEY)  # the judge's key variable
     monkeypatch.setenv("OPENAI_API_KEY", KEY)  # the teacher's
-    with FakeJudgeServer() as closed:
-        dead = with_key(closed.url)  # nothing listens there once the server is shut
-    with pytest.raises(UserError) as caught:
-        check_api_judge(build_config({"judge": judge_section(dead)}).judge)
-    message = str(caught.value)
-    assert message.startswith(f"judge.base_url {dead.replace(URL_KEY, '***')}: no server answers there"), message
-    assert leaks(message.encode(), URL_KEY) == []
-
-    monkeypatch.delenv(KEY_ENV, raising=False)  # the key variable unset: the message names the URL too
-    with pytest.raises(UserError) as caught:
-        check_api_judge(build_config({"judge": judge_section(dead)}).judge)
-    assert "has no key for http://user:***@127.0.0.1:" in str(caught.value) and leaks(str(caught.value).encode(), URL_KEY) == []
+    url = "http://127.0.0.1:9/v1"
+    for key, section in [
+        ("judge.base_url", {"judge": judge_section(with_key(url))}),
+        ("generation.vllm_url", {"generation": {"backend": "vllm", "vllm_url": with_key(url, "sk-user-9c1d")}}),
+        ("tracking.tracking_uri", {"tracking": {"backend": "mlflow", "tracking_uri": with_key(url)}}),
+    ]:
+        with pytest.raises(UserError) as caught:
+            build_config(section)
+        message = str(caught.value)
+        assert f"{key}: the URL holds credentials" in message, message
+        assert leaks(message.encode(), URL_KEY) == [] and "sk-user-9c1d" not in message
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "x", "judge": judge_section(with_key(url))}))
+    code, out, err = run_cli_split(["check-config", str(tmp_path / "c.yaml")], monkeypatch, capsys)
+    assert code == 2 and "judge.base_url: the URL holds credentials" in err, out + err
+    assert leaks((out + err).encode(), URL_KEY) == []
 
     trait = tmp_path / "bliss-copy"
     shutil.copytree(BUILTIN_DIR / "bliss", trait)
@@ -278,36 +281,29 @@ def test_a_key_in_a_url_is_masked_in_error_messages_even_when_the_server_echoes_
     assert snapshot(trait) == before
 
 
-def test_a_key_in_a_url_is_masked_in_the_manifest_and_reports(tmp_path, monkeypatch, capsys):
-    """A rescoring by an api judge whose base_url holds a key: the manifest records the URL masked, and no
-    file the rescoring wrote nor anything it printed holds the key. What shows a run's config (the
-    report's and export's Run, the tracker's config) shows it masked too."""
+def test_a_key_in_a_url_never_reaches_a_run_directory(tmp_path, monkeypatch, capsys):
+    """A rescoring whose judge file puts a key in base_url is refused before anything is asked or written.
+    A run directory written before that rule (its config.yaml holding such a URL) is shown masked by what
+    reads it (the report's and export's Run)."""
     from test_rejudge import synthetic_run
 
     from traitloop.report_data import load_run
-    from traitloop.tracking import run_config
 
     run = synthetic_run(tmp_path / "runs")
+    before = snapshot(run)
     monkeypatch.setenv(KEY_ENV, KEY)
     monkeypatch.setenv("TRAITLOOP_JUDGE_CACHE", str(tmp_path / "cache.sqlite"))
     with FakeJudgeServer() as server:
         url = with_key(server.url)
         (tmp_path / "j.yaml").write_text(yaml.safe_dump({"judge": {**judge_section(url), "coherence": False}}))
         code, out, err = run_cli_split(["judge", str(run), "--judge", str(tmp_path / "j.yaml")], monkeypatch, capsys)
-    assert code == 0, out + err
-    assert server.chat_requests() > 0  # the judge really asked the server at that URL
-    manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["extra_judges"]["api-fake-judge"]["base_url"] == f"http://user:***@127.0.0.1:{server.port}/v1"
-    assert files_leaking(run, URL_KEY) == {} and files_leaking(tmp_path / "runs", URL_KEY) == {}
+    assert code == 2 and "judge.base_url: the URL holds credentials" in err, out + err
+    assert server.chat_requests() == 0 and snapshot(run) == before
     assert leaks((out + err).encode(), URL_KEY) == []
 
-    config = build_config(
-        {"judge": judge_section(url), "generation": {"backend": "vllm", "vllm_url": with_key(server.url, "sk-user-9c1d")}}
-    )
-    tracked = json.dumps(run_config(config))
-    assert "http://user:***@127.0.0.1:" in tracked and "http://***:***@127.0.0.1:" in tracked
-    assert leaks(tracked.encode(), URL_KEY) == [] and "sk-user-9c1d" not in tracked
-    (run / "config.yaml").write_text(config.model_copy(update={"cycles": 1}).to_yaml())  # the run's own config holds the URL
+    old = yaml.safe_load((run / "config.yaml").read_text())
+    old["judge"] = judge_section(url)  # as a traitloop without the rule wrote it
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
     (run / "scores.csv").write_text("cycle,trait_mean,trait_ci_low,trait_ci_high,coherence_mean\n0,50,40,60,-2\n1,55,45,65,-2\n")
     loaded = load_run(run, run.name, run.parent)
     assert loaded.config["judge"]["base_url"] == f"http://user:***@127.0.0.1:{server.port}/v1"

@@ -36,6 +36,19 @@ def directory_name(value: str) -> str:
     return value
 
 
+def no_credentials(url: str | None, key: str, instead: str) -> str | None:
+    """A server URL without user info (https://user:KEY@host/v1): config.yaml is written to disk with every
+    run, and traitloop keeps keys only in environment variables. `instead` says where the key goes."""
+    from urllib.parse import urlsplit
+
+    if url and "@" in url and urlsplit(url).username is not None:
+        raise ValueError(
+            f"{key}: the URL holds credentials (user info before its '@'), and the run's config.yaml would store them on "
+            f"disk; remove them from the URL and {instead}"
+        )
+    return url
+
+
 class _Section(BaseModel):
     # coerce_numbers_to_str: `name: 2024` or `--set name=2024` is a name, not an error
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
@@ -99,6 +112,9 @@ class GenerationConfig(_Section):
     def _needs_url(self) -> GenerationConfig:
         if self.backend == "vllm" and not self.vllm_url:
             raise ValueError("generation.backend=vllm needs generation.vllm_url (the server's /v1 URL)")
+        no_credentials(
+            self.vllm_url, "generation.vllm_url", "serve vLLM without --api-key on an address only you reach (traitloop sends it no key)"
+        )
         return self
 
 
@@ -218,6 +234,9 @@ class JudgeConfig(_Section):
     def _needs_model(self) -> JudgeConfig:
         if self.kind in ("api", "local") and not self.model:
             raise ValueError(f"judge.kind={self.kind} needs judge.model")
+        no_credentials(
+            self.base_url, "judge.base_url", "put the key in the environment variable judge.api_key_env names (OPENAI_API_KEY by default)"
+        )
         return self
 
     def identity(self) -> str:
@@ -254,6 +273,15 @@ class TrackingConfig(_Section):
         description="mlflow: the tracking URI (http://host:5000, sqlite:///mlflow.db, a directory; None = MLFLOW_TRACKING_URI "
         "or MLflow's default).",
     )
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> TrackingConfig:
+        no_credentials(
+            self.tracking_uri,
+            "tracking.tracking_uri",
+            "give MLflow its credentials through MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD",
+        )
+        return self
 
 
 class ExperimentConfig(_Section):
