@@ -179,3 +179,36 @@ def test_threads_option_sets_torch_threads_and_the_estimate_says_so(tmp_path, mo
         assert code == 2 and "--threads 0" in text
     finally:
         torch.set_num_threads(before)
+
+
+def write_manifest(run_dir: Path, cycles: dict[str, dict[str, float]]) -> Path:
+    run_dir.mkdir(parents=True)
+    (run_dir / "manifest.json").write_text(json.dumps({"cycles": {k: {"timings_s": t} for k, t in cycles.items()}}))
+    return run_dir
+
+
+def test_finished_runs_give_each_cycles_median_and_the_time_a_run_has_left(tmp_path):
+    """A grid's finished runs time its runs to go: per cycle the median of the stage timings they recorded
+    (totals and copied cycles left out), summed over the cycles a run has not done or will copy."""
+    runs = [
+        write_manifest(
+            tmp_path / f"r{i}",
+            {
+                "-1": {"heldout": 10.0, "answers": 5.0 + i, "judge": 5.0},
+                "0": {"data": 1.0, "train": 100.0 * (i + 1), "answers": 9.0, "cycle_total_this_process": 999.0},
+                "1": {"data": 20.0, "train": 40.0 + i, "judge_retry": 500.0},
+            },
+        )
+        for i in range(3)
+    ]
+    adopter = write_manifest(tmp_path / "copied", {"0": {"adopted": 0.0}, "1": {"data": 20.0, "train": 1000.0}})
+    assert est.measured_cycle_seconds(runs[0]) == {-1: 20.0, 0: 110.0, 1: 60.0}
+    assert est.measured_cycle_seconds(adopter) == {1: 1020.0}  # its cycle 0 cost nothing
+    profile = est.measured_profile([*runs, adopter])
+    assert profile == {-1: 21.0, 0: 210.0, 1: 61.5}  # medians: (20, 21, 22); (110, 210, 310); (60, 61, 62, 1020)
+
+    config = build_config({"name": "todo", "out_dir": str(tmp_path / "runs"), "cycles": 1, "eval": {"include_base": True}})
+    assert est.remaining_from_profile(config, profile) == 21.0 + 210.0 + 61.5
+    assert est.remaining_from_profile(config, profile, copies_cycle0=True) == 61.5  # cycle 0 and base copied
+    longer = config.model_copy(update={"cycles": 2})
+    assert est.remaining_from_profile(longer, profile) is None  # cycle 2 was never timed: use the throughput

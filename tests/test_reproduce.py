@@ -36,6 +36,7 @@ from traitloop.reproduce import (
     INCONCLUSIVE,
     compare_finding,
     condition_agreement,
+    duration,
     finding_agreement,
     load_tier,
     tier_grids,
@@ -351,3 +352,17 @@ def test_reproduce_runs_writes_the_table_and_resumes(tiny_dir, tmp_path, monkeyp
     assert {p.name: p.stat().st_mtime_ns for p in (sweep / "logs").glob("*.log")} == logs  # no run started again
     assert json.loads((out / "reproduction.json").read_text())["rows"] == result["rows"]
     assert time.time() - started < 90
+
+    # A run left unfinished is timed, in the dry run, from the finished runs' own stage timings rather than
+    # the throughput file: here its cycle 1, the median of the five others'.
+    from traitloop.estimate import measured_cycle_seconds
+
+    todo = sweep / "runs" / "init-continual_seed-2"
+    (todo / "cycle-001" / "DONE").unlink()
+    (todo / "scores.csv").unlink()
+    code, output = cli(monkeypatch, capsys, *args, "--dry-run")
+    assert code == 0, output
+    words = " ".join(output.split())  # the table's captions wrap at the terminal's width
+    assert "6 runs, 1 to run" in words and "estimated from the stage timings of its 5 finished run(s)" in words, output
+    others = sorted(measured_cycle_seconds(r)[1] for r in (sweep / "runs").glob("init-*") if r != todo)
+    assert f"estimated: {duration(others[2])} of run time" in words, output

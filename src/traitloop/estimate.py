@@ -401,6 +401,53 @@ def _finished_cycles(config: ExperimentConfig) -> tuple[set[int], set[int]]:
     return {k for k in range(config.cycles + 1) if store.is_done(k, key)}, copied
 
 
+# ---- from runs already finished: their own stage timings ----------------------------------------------
+NOT_A_STAGE = ("cycle_total_this_process", "adopted", "judge_retry")  # totals and copies, not work to repeat
+
+
+def measured_cycle_seconds(run_dir: Path) -> dict[int, float]:
+    """Seconds each cycle of a run took (k = -1: the base model's evaluation), summed over the stage timings
+    its manifest recorded; a cycle copied from another run (adopted) is left out, as it cost nothing."""
+    from traitloop.store import RunStore
+
+    out = {}
+    for key, record in RunStore(run_dir).manifest().get("cycles", {}).items():
+        timings = record.get("timings_s", {})
+        stages = [seconds for stage, seconds in timings.items() if stage not in NOT_A_STAGE]
+        if stages and "adopted" not in timings:
+            out[int(key)] = float(sum(stages))
+    return out
+
+
+def measured_profile(run_dirs: list[Path]) -> dict[int, float]:
+    """Per cycle (k = -1: the base evaluation), the median of the seconds it took in the given runs that
+    computed it themselves: the runs of one sweep grid do the same work per cycle."""
+    import statistics
+
+    per_cycle: dict[int, list[float]] = {}
+    for run_dir in run_dirs:
+        for k, seconds in measured_cycle_seconds(run_dir).items():
+            per_cycle.setdefault(k, []).append(seconds)
+    return {k: statistics.median(values) for k, values in sorted(per_cycle.items())}
+
+
+def remaining_from_profile(config: ExperimentConfig, profile: dict[int, float], copies_cycle0: bool = False) -> float | None:
+    """Seconds `config`'s run still needs, from a grid's measured per-cycle profile: the cycles (and the base
+    evaluation) it has not finished, less cycle 0 and the base evaluation when it will copy them
+    (copies_cycle0: a publish_cycle0 run whose seed's cycle 0 another run computes). None when the profile
+    lacks a cycle it needs (estimate it from the throughput instead)."""
+    from traitloop.store import RunStore
+
+    done, copied = _finished_cycles(config)
+    copies_cycle0 = copies_cycle0 or (0 in copied and config.publish_cycle0)  # its seed's cycle 0 is in the cache already
+    skip = done | copied | ({0} if copies_cycle0 else set())
+    base_needed = config.eval.include_base and RunStore(config.run_dir).base_metrics() is None and not copies_cycle0
+    needed = ([-1] if base_needed else []) + [k for k in range(config.cycles + 1) if k not in skip]
+    if any(k not in profile for k in needed):
+        return None
+    return sum(profile[k] for k in needed)
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, m, s = seconds // 3600, seconds % 3600 // 60, seconds % 60

@@ -272,12 +272,8 @@ def plan(sweeps: list, jobs: int | None, executor: str = "local", with_estimate:
     out: dict[str, Any] = {"sweeps": [], "notes": [], "runs": 0, "to_run": 0, "run_seconds": None, "wall_seconds": None}
     if not with_estimate:
         out["notes"].append("no time estimate: paper-scale runs on GPUs; this machine's measured throughput does not describe them")
-    if with_estimate and throughput is None:
-        out["notes"].append(
-            "no time estimate: this machine's throughput is not measured yet (`traitloop run CONFIG --dry-run` "
-            "measures it in about 20 s, `python -m bench` fully)"
-        )
     total_run_s = total_wall_s = 0.0
+    estimated = False
     for sweep in sweeps:
         todo = [r for r in sweep.runs if not is_finished(r.config)]
         entry: dict[str, Any] = {
@@ -287,29 +283,32 @@ def plan(sweeps: list, jobs: int | None, executor: str = "local", with_estimate:
             "runs": len(sweep.runs),
             "to_run": len(todo),
         }
-        if throughput is not None:
-            from traitloop.estimate import estimate
-
-            seconds, published = [], set()
-            for run in todo:
-                config = run.config
-                if config.publish_cycle0:  # the second run of a seed's cycle-0 config copies it (planned as cycle0_from)
-                    cache = config.cycle0_config().run_dir
-                    if cache in published:
-                        config = config.model_copy(update={"cycle0_from": cache})
-                    published.add(cache)
-                est = estimate(config, throughput)
-                seconds.append(float(est["totals"]["seconds"]))
-                out["notes"].extend(n for n in est["notes"] if "already done" not in n)
-            entry["run_seconds"] = seconds
-            entry["wall_seconds"] = makespan(seconds, jobs or 1) if executor == "local" else None
-            total_run_s += sum(seconds)
-            total_wall_s += entry["wall_seconds"] or 0.0
-            out["throughput"] = {k: throughput.get(k) for k in ("source", "measured_at", "threads")}
+        finished = [r.config.run_dir for r in sweep.runs if r not in todo]
+        profile = measure_profile(finished) if with_estimate else {}
+        if throughput is not None or profile:
+            seconds = run_seconds(todo, throughput, profile, out["notes"])
+            if profile and seconds is not None:
+                out["notes"].append(
+                    f"{sweep.name}: the runs to go are estimated from the stage timings of its {len(finished)} finished "
+                    "run(s) (each cycle's median), at the load they ran under, where those cover them"
+                )
+            if seconds is not None:
+                estimated = True
+                entry["run_seconds"] = seconds
+                entry["wall_seconds"] = makespan(seconds, jobs or 1) if executor == "local" else None
+                total_run_s += sum(seconds)
+                total_wall_s += entry["wall_seconds"] or 0.0
+            if throughput is not None:
+                out["throughput"] = {k: throughput.get(k) for k in ("source", "measured_at", "threads")}
         out["sweeps"].append(entry)
         out["runs"] += entry["runs"]
         out["to_run"] += entry["to_run"]
-    if throughput is not None:
+    if with_estimate and throughput is None and not estimated:
+        out["notes"].append(
+            "no time estimate: this machine's throughput is not measured yet (`traitloop run CONFIG --dry-run` "
+            "measures it in about 20 s, `python -m bench` fully)"
+        )
+    if estimated:
         out["run_seconds"] = total_run_s
         out["wall_seconds"] = total_wall_s if executor == "local" else None
     out["jobs"] = jobs or 1
@@ -317,6 +316,39 @@ def plan(sweeps: list, jobs: int | None, executor: str = "local", with_estimate:
     out["published"] = any(r.config.publish_cycle0 for sweep in sweeps for r in sweep.runs)
     out["notes"] = list(dict.fromkeys(out["notes"]))
     return out
+
+
+def run_seconds(todo: list, throughput: dict[str, Any] | None, profile: dict[int, float], notes: list[str]) -> list[float] | None:
+    """Estimated seconds of each run to go: from the grid's own finished runs (`profile`, each cycle's median
+    seconds) where they cover it, else from this machine's throughput; None when some run has neither. The
+    second run of a seed's cycle-0 config under publish_cycle0 is planned as copying cycle 0 and the base
+    evaluation."""
+    from traitloop.estimate import estimate, remaining_from_profile
+
+    seconds, published = [], set()
+    for run in todo:
+        config, copies = run.config, False
+        if config.publish_cycle0:
+            cache = config.cycle0_config().run_dir
+            copies = cache in published
+            published.add(cache)
+            if copies:
+                config = config.model_copy(update={"cycle0_from": cache})
+        left = remaining_from_profile(config, profile, copies_cycle0=copies) if profile else None
+        if left is None and throughput is None:
+            return None
+        if left is None:
+            est = estimate(config, throughput)
+            left = float(est["totals"]["seconds"])
+            notes.extend(n for n in est["notes"] if "already done" not in n)
+        seconds.append(left)
+    return seconds
+
+
+def measure_profile(run_dirs: list[Path]) -> dict[int, float]:
+    from traitloop.estimate import measured_profile
+
+    return measured_profile(run_dirs) if run_dirs else {}
 
 
 def duration(seconds: float | None) -> str:
