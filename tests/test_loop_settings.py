@@ -8,6 +8,7 @@ pairs with cached base answers, accumulate / mix_seed / coherence filter), resum
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -283,6 +284,9 @@ def test_a_published_cycle_0_and_base_evaluation_are_adopted_by_the_other_init(t
     assert cache.parent == tmp_path / "runs" / "cycle0-cache"
     assert (cache / "cycle-000" / "DONE").is_file() and (cache / "base" / "metrics.json").is_file()
     assert not list(cache.parent.glob(".*publish*"))  # built aside, renamed into place
+    shutil.rmtree(cache)
+    run(reset)  # every cycle done: a rerun (or a resume after a crash before the copy) publishes it too
+    assert (cache / "cycle-000" / "DONE").is_file() and (cache / "base" / "metrics.json").is_file()
 
     continual = config(tiny_dir, tmp_path, init="continual", name="continual", **shared)
     rows, cycles = run(continual)

@@ -84,6 +84,8 @@ class Experiment:
                     self.latest_model = None
                 else:
                     self.run_cycle(k)
+                if k == 0 and cfg.publish_cycle0 and (published := self.store.publish_cycle0(cfg)):  # also after a resume
+                    self.reporter.log(f"cycle 0: copied to {published} for runs with the same cycle-0 config and seed")
                 rows.append(self.store.metrics(k))
                 self.tracker.log_stored_cycle(self.store, k)  # skipped cycles too: each tracking run is complete
             self.latest_model = None
@@ -152,8 +154,6 @@ class Experiment:
             metrics["judge_usage"] = record["judge_usage"]
         store.commit_cycle(k, metrics, self.config_hash)
         store.record_stage(k, "cycle_total_this_process", time.time() - started)
-        if k == 0 and cfg.publish_cycle0 and (published := store.publish_cycle0(cfg)):
-            self.reporter.log(f"cycle 0: copied to {published} for runs with the same cycle-0 config and seed")
         self.reporter.log(
             f"cycle {k}: trait {metrics['trait_mean']:.1f} [{metrics['trait_ci_low']:.1f}, {metrics['trait_ci_high']:.1f}]"
             f"  coherence {metrics['coherence_mean']:.3f}  ({metrics['n_answers']} answers)"
