@@ -23,7 +23,7 @@ stage's output is one atomic file.
 One process at a time (LOCK): `open` takes an exclusive flock on LOCK (the kernel drops it when the
 process dies, even by SIGKILL) and writes its pid, host and start time into it for the message a second
 process gets: one line naming that pid, exit 2, nothing written. The engine holds it for its run
-(`locked`), `traitloop judge` for its rescoring (rejudge.py), and each empties LOCK when it lets go;
+(`locked`), `traitloop judge` and `traitloop agreement` while they write into it (rejudge.py), and each empties LOCK when it lets go;
 a LOCK still naming a dead process (killed or crashed) is taken over with a note. Stores of the same
 directory within one process share the lock. Without flock (Windows, some network filesystems) a live
 pid in LOCK refuses.
