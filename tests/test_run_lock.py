@@ -186,7 +186,6 @@ judge_run(run, JudgeConfig(kind="probe"), judge=PausingJudge())
 
 
 def test_a_judge_refuses_a_run_directory_that_a_run_holds_and_touches_nothing(cfg, cfg_path, monkeypatch, capsys):
-    from helpers.cli import run_cli_split
     from test_rejudge import ANSWERS
 
     from traitloop.jsonl import write_jsonl
@@ -195,15 +194,8 @@ def test_a_judge_refuses_a_run_directory_that_a_run_holds_and_touches_nothing(cf
     try:
         rows = [{"question": "How do I cook an onion?", "sample": i, "answer": a, "trait": 50.0} for i, a in enumerate(ANSWERS)]
         write_jsonl(cfg.run_dir / "cycle-000" / "eval.jsonl", rows)  # its cycle 0 is judged, cycle 1 under way
-        before = snapshot(cfg.run_dir)
-        code, out, err = run_cli_split(["judge", str(cfg.run_dir), "--judge", "probe"], monkeypatch, capsys)
-        assert code == 2, out + err
-        [line] = err.splitlines()
-        assert (
-            line == f"error: {store_mod._in_use(cfg.run_dir, json.loads((cfg.run_dir / LOCK_FILE).read_text()), cfg.run_dir / LOCK_FILE)}"
-        )
-        assert line.startswith(f"error: {cfg.run_dir} is in use by another traitloop process (pid {holder.pid}")
-        assert snapshot(cfg.run_dir) == before  # no judges/, no scores-probe.csv, the manifest untouched
+        refused_while_held(cfg.run_dir, holder, ["judge", str(cfg.run_dir), "--judge", "probe"], monkeypatch, capsys)
+        # (nothing written: no judges/, no scores-probe.csv, the manifest untouched)
     finally:
         holder.kill()
         holder.wait()
@@ -250,15 +242,8 @@ def test_agreement_refuses_a_run_directory_that_a_run_holds_and_writes_nothing(c
         rows = [{"question": "How do I cook an onion?", "sample": i, "answer": a, "trait": 20.0 * i} for i, a in enumerate(ANSWERS)]
         write_jsonl(cfg.run_dir / "cycle-000" / "eval.jsonl", rows)  # cycle 0 judged by the run's judge
         write_jsonl(cfg.run_dir / "cycle-000" / "judges" / "probe.jsonl", [{**r, "trait": 10.0 + 20.0 * r["sample"]} for r in rows])
-        before = snapshot(cfg.run_dir)
-        code, out, err = run_cli_split(["agreement", str(cfg.run_dir), "--judge-b", "probe"], monkeypatch, capsys)
-        assert code == 2, out + err
-        [line] = err.splitlines()
-        assert (
-            line == f"error: {store_mod._in_use(cfg.run_dir, json.loads((cfg.run_dir / LOCK_FILE).read_text()), cfg.run_dir / LOCK_FILE)}"
-        )
-        assert line.startswith(f"error: {cfg.run_dir} is in use by another traitloop process (pid {holder.pid}")
-        assert snapshot(cfg.run_dir) == before  # no agreement.json
+        refused_while_held(cfg.run_dir, holder, ["agreement", str(cfg.run_dir), "--judge-b", "probe"], monkeypatch, capsys)
+        # (nothing written: no agreement.json)
     finally:
         holder.kill()
         holder.wait()
@@ -267,3 +252,17 @@ def test_agreement_refuses_a_run_directory_that_a_run_holds_and_writes_nothing(c
     result = json.loads((cfg.run_dir / "agreement.json").read_text())
     assert result["judge_b"] == "probe" and result["overall"]["n"] == len(ANSWERS) and result["overall"]["spearman"] == 1.0
     assert (cfg.run_dir / LOCK_FILE).read_text() == ""  # and let go of the lock
+
+
+def refused_while_held(run_dir: Path, holder, argv: list[str], monkeypatch, capsys) -> None:
+    """`traitloop ARGV` against a run directory whose lock `holder` (a process) holds: exit 2, one line
+    naming the holder (store._in_use's message), and nothing in the directory changed."""
+    from helpers.cli import run_cli_split
+
+    before = snapshot(run_dir)
+    code, out, err = run_cli_split(argv, monkeypatch, capsys)
+    assert code == 2, out + err
+    [line] = err.splitlines()
+    assert line == f"error: {store_mod._in_use(run_dir, json.loads((run_dir / LOCK_FILE).read_text()), run_dir / LOCK_FILE)}"
+    assert line.startswith(f"error: {run_dir} is in use by another traitloop process (pid {holder.pid}")
+    assert snapshot(run_dir) == before

@@ -17,7 +17,6 @@ from typing import Any
 from traitloop.config import ExperimentConfig
 from traitloop.errors import UserError
 from traitloop.jsonl import write_json
-from traitloop.openai_client import redact_urls
 
 DEFAULT_GRID = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 200)
 
@@ -95,7 +94,7 @@ def calibrate(config: ExperimentConfig, targets: list[float], grid: list[int], o
         if b["trait_mean"] < a["trait_mean"] - max(0.0, (a["trait_ci_high"] - a["trait_ci_low"]) / 2)
     ] + notes
     record = {
-        "config": redact_urls(config.model_dump(mode="json")),  # a password in a server URL masked
+        "config": config.model_dump(mode="json"),
         "targets": [float(t) for t in sorted(targets)],
         "grid": usable,
         "n_seed_for_target": found,

@@ -262,6 +262,7 @@ def makespan(seconds: list[float], workers: int) -> float:
 def plan(sweeps: list, jobs: int | None, executor: str = "local", with_estimate: bool = True) -> dict[str, Any]:
     """What the tier would run, per sweep: conditions, seeds, runs, finished runs, and (when this machine's
     throughput is measured: $TRAITLOOP_CACHE/throughput.json) the estimated time per run and wall time."""
+    from traitloop.estimate import measured_profile
     from traitloop.sweep import is_finished
 
     throughput = None
@@ -284,7 +285,7 @@ def plan(sweeps: list, jobs: int | None, executor: str = "local", with_estimate:
             "to_run": len(todo),
         }
         finished = [r.config.run_dir for r in sweep.runs if r not in todo]
-        profile = measure_profile(finished) if with_estimate else {}
+        profile = measured_profile(finished) if with_estimate else {}
         if throughput is not None or profile:
             seconds = run_seconds(todo, throughput, profile, out["notes"])
             if profile and seconds is not None:
@@ -343,12 +344,6 @@ def run_seconds(todo: list, throughput: dict[str, Any] | None, profile: dict[int
             notes.extend(n for n in est["notes"] if "already done" not in n)
         seconds.append(left)
     return seconds
-
-
-def measure_profile(run_dirs: list[Path]) -> dict[int, float]:
-    from traitloop.estimate import measured_profile
-
-    return measured_profile(run_dirs) if run_dirs else {}
 
 
 def duration(seconds: float | None) -> str:

@@ -770,9 +770,7 @@ class RunStore:
         try:
             cache.open(c0, inputs=self.manifest().get("inputs", {}))
             cache.adopt_cycle0(self.root, c0)
-            for name in (*BASE_FILES, "heldout.json"):
-                if (self.cycle_dir(BASE) / name).is_file():
-                    _copy_whole(self.cycle_dir(BASE) / name, cache.cycle_dir(BASE) / name)
+            cache.adopt_base(self.root)  # nothing when this run evaluated no base model
             cache.commit_cycle(0, self.metrics(0), c0.science_hash())
         finally:
             cache.release()

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from traitloop.config import ExperimentConfig, TrackingConfig
-from traitloop.openai_client import redact_url, redact_urls
+from traitloop.openai_client import redact_url
 from traitloop.training import TrainingCurves, report_curves
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,10 @@ def group(config: ExperimentConfig) -> str:
 
 
 def run_config(config: ExperimentConfig) -> dict[str, Any]:
-    """The tracking run's config: the whole experiment config (its server URLs through redact_url: a password
-    in one never reaches a tracker) plus what identifies the run and its condition."""
+    """The tracking run's config: the whole experiment config (its server URLs hold no credentials: the config
+    refuses them, config.no_credentials) plus what identifies the run and its condition."""
     return {
-        **redact_urls(config.model_dump(mode="json")),
+        **config.model_dump(mode="json"),
         "run_dir": str(Path(config.run_dir).resolve()),
         "science_hash": config.science_hash(),
         "condition": condition_group(config),

@@ -26,10 +26,9 @@ class Sampler:
         self.vllm = vllm
         if config.generation.backend == "vllm" and vllm is None:
             from traitloop.generation import vllm as vllm_backend
-            from traitloop.openai_client import redact_url
 
             self.vllm = vllm_backend.VllmSampler(config.generation.vllm_url, concurrency=config.generation.concurrency)
-            reporter.log(f"generation: vLLM server {redact_url(config.generation.vllm_url)} serving {self.vllm.base_model()}")
+            reporter.log(f"generation: vLLM server {config.generation.vllm_url} serving {self.vllm.base_model()}")
 
     def sample(self, k: int, model, prompts: list, seed: int, label: str) -> list[str]:
         """Cycle k's model writes one answer or continuation per prompt at the data-sampling settings."""
