@@ -507,6 +507,16 @@ CASES: list[Case] = [
                 env={"OPENAI_API_KEY": "sk-test"},
             ),
             Case(
+                "api-endpoint-key-in-query",
+                "an api judge whose `base_url` holds a key in its query string (`?api_key=...`)",
+                ["run", "c.yaml"],
+                "c.yaml: invalid config: judge.base_url: the URL holds credentials (its query parameter 'api_key'), and the "
+                "run's config.yaml would store them on disk; remove them from the URL and put the key in the environment "
+                "variable judge.api_key_env names (OPENAI_API_KEY by default)",
+                config(API_JUDGE.replace("PORT", "8000").replace("/v1\n", "/v1?model=x&api_key=sk-in-the-url-5f2c\n")),
+                env={"OPENAI_API_KEY": "sk-test"},
+            ),
+            Case(
                 "vllm-key-in-url",
                 "a `generation.vllm_url` with a key as its user name",
                 ["run", "c.yaml"],

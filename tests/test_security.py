@@ -6,7 +6,7 @@
   the temporary directory, the Hugging Face home) and everything they printed is searched for the key, as
   it is and base64-encoded. A server that echoes the Authorization header in its errors gets its echo
   masked, on disk and on screen.
-- A key written into a server URL (https://user:KEY@host/v1): a config refuses it (config.yaml goes to
+- A key written into a server URL (https://user:KEY@host/v1, https://host/v1?api_key=KEY): a config refuses it (config.yaml goes to
   disk); a command-line URL (`data generate --base-url`) and an older run's config are shown with the key
   as '***' (openai_client.redact_url), and a server's echo of it is masked like the key's.
 - Weights and remote code: only safetensors are loaded (a pickle is never opened), and a model
@@ -231,6 +231,16 @@ def with_key(url: str, user: str = "user") -> str:
         ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
         ("https://host/v1/a@b", "https://host/v1/a@b"),
         ("not a url", "not a url"),
+        # a key in the query string: only the values of secret-looking parameters, the rest as written
+        ("https://host/v1?api_key=sk-abc123", "https://host/v1?api_key=***"),
+        ("https://host/v1?model=x&token=abc123&n=2", "https://host/v1?model=x&token=***&n=2"),
+        ("https://host/v1?model=x", "https://host/v1?model=x"),  # no secret-looking name
+        ("https://user:pw1234@host/v1?key=abc123", "https://user:***@host/v1?key=***"),  # user info and query
+        ("https://host/v1?Api-Key=a%2Bb%2Fc%3D&x=%41+b", "https://host/v1?Api-Key=***&x=%41+b"),  # nothing re-encoded
+        ("https://host/v1?client_secret=s3cr3t#frag?key=z", "https://host/v1?client_secret=***#frag?key=z"),  # a fragment
+        ("https://host/v1?my_token=t0k&keyword=k&key=&sig", "https://host/v1?my_token=***&keyword=k&key=&sig"),  # empty: none
+        ("https://host/v1?email=a@b.c&key=abc123", "https://host/v1?email=a@b.c&key=***"),  # an '@' in the query
+        ("https://user:pw?key=x@host/v1?token=abc", "https://user:***@host/v1?token=***"),  # a '?' in the password
     ],
 )
 def test_redact_url_masks_the_password_and_a_key_like_user(url, shown):
@@ -239,6 +249,62 @@ def test_redact_url_masks_the_password_and_a_key_like_user(url, shown):
     assert redact_url(url) == shown
     assert redact_url(shown) == shown  # masking twice changes nothing
     assert redact_urls({"judge": {"base_url": url}, "urls": [url], "n": 1}) == {"judge": {"base_url": shown}, "urls": [shown], "n": 1}
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        ("https://host/v1?api_key=sk-abc123", ["sk-abc123"]),
+        ("https://user:pw1234@host/v1?x=1&Token=a%2Bb%2Fc%3D", ["a%2Bb%2Fc%3D", "a+b/c=", "pw1234"]),  # written and decoded
+        ("https://sk-abc123def456@host/v1?model=x", ["sk-abc123def456"]),
+        ("https://host/v1?sig=abc&key=abcd&x_api_key=k%41y1", ["abcd", "k%41y1", "kAy1"]),  # under 4 characters: left out
+        ("https://host/v1?model=gpt-4o-mini#token=abcdef", []),  # a fragment is no query
+        ("https://host/v1?email=a@b.c&key=abc123", ["abc123"]),
+        ("https://user:pw?key=x@host/v1?token=abcd", ["abcd", "pw?key=x"]),
+        ("http://127.0.0.1:8000/v1", []),
+    ],
+)
+def test_url_secrets_are_what_redact_url_masks(url, secrets):
+    """url_secrets returns each value redact_url masks, as written and percent-decoded, so that a server's
+    echo of it is masked too."""
+    from traitloop.openai_client import url_secrets
+
+    assert url_secrets(url) == secrets
+
+
+INSTEAD = "put the key in the environment variable judge.api_key_env names (OPENAI_API_KEY by default)"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            f"https://host/v1?api_key={URL_KEY}",
+            "judge.base_url: the URL holds credentials (its query parameter 'api_key'), and the run's config.yaml would "
+            f"store them on disk; remove them from the URL and {INSTEAD}",
+        ),
+        (
+            f"https://host/v1?model=x&Access-Token={URL_KEY}&X-Api-Key=k%2Fey1#frag",
+            "judge.base_url: the URL holds credentials (its query parameters 'Access-Token', 'X-Api-Key'), and the run's "
+            f"config.yaml would store them on disk; remove them from the URL and {INSTEAD}",
+        ),
+        (
+            f"https://user:{URL_KEY}@host/v1?token={URL_KEY}",  # the user info is named first
+            "judge.base_url: the URL holds credentials (user info before its '@'), and the run's config.yaml would store "
+            f"them on disk; remove them from the URL and {INSTEAD}",
+        ),
+        ("https://host/v1?model=x&keyword=k&key=", None),  # no secret-looking name with a value: accepted
+    ],
+)
+def test_no_credentials_names_a_secret_query_parameter_never_its_value(url, message):
+    from traitloop.config import no_credentials
+
+    if message is None:
+        assert no_credentials(url, "judge.base_url", INSTEAD) == url
+        return
+    with pytest.raises(ValueError) as caught:
+        no_credentials(url, "judge.base_url", INSTEAD)
+    assert str(caught.value) == message
 
 
 def test_a_key_in_a_url_is_refused_by_the_config_and_masked_in_the_teachers_messages(tmp_path, monkeypatch, capsys):
@@ -254,6 +320,7 @@ def test_a_key_in_a_url_is_refused_by_the_config_and_masked_in_the_teachers_mess
         ("judge.base_url", {"judge": judge_section(with_key(url))}),
         ("generation.vllm_url", {"generation": {"backend": "vllm", "vllm_url": with_key(url, "sk-user-9c1d")}}),
         ("tracking.tracking_uri", {"tracking": {"backend": "mlflow", "tracking_uri": with_key(url)}}),
+        ("tracking.tracking_uri", {"tracking": {"backend": "mlflow", "tracking_uri": f"{url}?x=1&token={URL_KEY}"}}),
     ]:
         with pytest.raises(UserError) as caught:
             build_config(section)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from traitloop.errors import UserError
+from traitloop.openai_client import secret_params
 from traitloop.precision import MatmulPrecision
 from traitloop.settings import SETTINGS
 
@@ -37,14 +38,23 @@ def directory_name(value: str) -> str:
 
 
 def no_credentials(url: str | None, key: str, instead: str) -> str | None:
-    """A server URL without user info (https://user:KEY@host/v1): config.yaml is written to disk with every
-    run, and traitloop keeps keys only in environment variables. `instead` says where the key goes."""
+    """A server URL without credentials: no user info (https://user:KEY@host/v1) and no query parameter
+    whose name looks secret (https://host/v1?api_key=KEY, openai_client.is_secret_param). config.yaml is
+    written to disk with every run, and traitloop keeps keys only in environment variables. `instead` says
+    where the key goes. The message names the parameter, never its value."""
     from urllib.parse import urlsplit
 
     if url and "@" in url and urlsplit(url).username is not None:
         raise ValueError(
             f"{key}: the URL holds credentials (user info before its '@'), and the run's config.yaml would store them on "
             f"disk; remove them from the URL and {instead}"
+        )
+    names = [f"'{name}'" for name, _ in secret_params(url or "")]
+    if names:
+        params = f"query parameter{'s' if len(names) > 1 else ''} {', '.join(names)}"
+        raise ValueError(
+            f"{key}: the URL holds credentials (its {params}), and the run's config.yaml would store them on disk; "
+            f"remove them from the URL and {instead}"
         )
     return url
 

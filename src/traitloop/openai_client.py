@@ -6,9 +6,9 @@ An OpenAIClient owns, for one server:
 - the base URL, and the API key: read from the environment variable the caller names when the HTTP
   session opens and sent as a Bearer header; never kept on this object, written, logged or put in an
   error message (a server that echoes it back has it masked);
-- a key written into the base URL itself (https://user:KEY@host/v1): the URL is shown and stored only
-  through `redact_url`, which masks it (every message, log line and manifest entry that names a server
-  URL goes through it), and a server's echo of it is masked like the key's;
+- a key written into the base URL itself (https://user:KEY@host/v1, https://host/v1?api_key=KEY): the URL
+  is shown and stored only through `redact_url`, which masks it (every message, log line and manifest
+  entry that names a server URL goes through it), and a server's echo of it is masked like the key's;
 - one HTTP session (the openai package's AsyncOpenAI, its own retries off) on one event loop that runs
   in a background thread, so synchronous callers on any thread share it through `run`;
 - the timeout of every request;
@@ -312,17 +312,17 @@ KEY_PREFIXES = ("sk-", "sk_", "pk-", "rk-", "hf_", "ghp_", "gho_", "ghu_", "ghs_
 MASK = "***"
 
 
-def _userinfo(url: str) -> tuple[str, str, str, str | None] | None:
-    """(the text before the user info, user, the text after it, password or None), or None for a URL
-    without user info. The user info runs from '://' to the URL's last '@': wider than a URL parser reads
-    it, so that a password holding a '/', '?' or '#' that should have been percent-encoded is still found
-    (a base URL has no other '@')."""
+def _userinfo(url: str) -> tuple[str, str, str | None, str]:
+    """(the text before the user info, user, password or None, the text after the user info), or ("", "",
+    None, url) for a URL without user info. The user info runs from '://' to the URL's last '@': wider than
+    a URL parser reads it, so that a password holding a '/', '?' or '#' that should have been
+    percent-encoded is still found (a base URL has no other '@')."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, after = rest.rpartition("@")
     if not sep or not at:
-        return None
+        return "", "", None, url
     user, colon, password = userinfo.partition(":")
-    return f"{scheme}://", user, f"@{after}", password if colon else None
+    return f"{scheme}://", user, password if colon else None, f"@{after}"
 
 
 def _looks_like_key(user: str) -> bool:
@@ -331,17 +331,76 @@ def _looks_like_key(user: str) -> bool:
     return user.startswith(KEY_PREFIXES) or (len(user) >= 16 and any(c.isdigit() for c in user))
 
 
-def redact_url(url: str) -> str:
-    """`url` as it may be shown or stored: a password in its user info (https://user:KEY@host/v1) and a
-    user name that looks like a key (https://sk-...@host/v1) replaced by '***'; anything else as written.
-    Every message, log line and file that names a server URL shows it through this."""
-    parts = _userinfo(url) if isinstance(url, str) else None
-    if parts is None:
-        return url
-    before, user, after, password = parts
+# Query parameters whose value is a secret, compared after lowercasing and reading '-' as '_' (is_secret_param);
+# a name ending in one of SECRET_PARAM_SUFFIXES counts too. "code" is an Azure Functions key, "sig" a SAS signature.
+SECRET_PARAMS = (
+    "api_key",
+    "apikey",
+    "key",
+    "token",
+    "access_token",
+    "auth",
+    "authorization",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "sig",
+    "signature",
+    "x_api_key",
+    "code",
+)
+SECRET_PARAM_SUFFIXES = ("_key", "_token", "_secret", "_password")
+
+
+def is_secret_param(name: str) -> bool:
+    """Whether a query parameter called `name` (as written, percent-encoded or not) holds a secret."""
+    name = unquote(name).lower().replace("-", "_")
+    return name in SECRET_PARAMS or name.endswith(SECRET_PARAM_SUFFIXES)
+
+
+def _split_query(text: str) -> tuple[str, str, str]:
+    """(`text` up to and including its '?', its query, the '#' and fragment after it); the query is ''
+    when `text` has none (a '?' inside the fragment is no query)."""
+    rest, hash_mark, fragment = text.partition("#")
+    path, question, query = rest.partition("?")
+    return path + question, query, hash_mark + fragment
+
+
+def secret_params(url: str) -> list[tuple[str, str]]:
+    """(name, value), as written, of each query parameter of `url` whose name looks secret
+    (is_secret_param) and whose value is not empty, in the URL's order."""
+    _, query, _ = _split_query(url)
+    pairs = [param.partition("=") for param in query.split("&")]
+    return [(name, value) for name, _, value in pairs if value and is_secret_param(name)]
+
+
+def _mask_query(text: str) -> str:
+    """`text` with the value of each secret query parameter (is_secret_param) replaced by '***'; everything
+    else, parameter order and the fragment included, exactly as written."""
+    before, query, after = _split_query(text)
+    params = [param.partition("=") for param in query.split("&")]
+    shown = [f"{name}={MASK}" if value and is_secret_param(name) else name + eq + value for name, eq, value in params]
+    return before + "&".join(shown) + after
+
+
+def _mask_userinfo(url: str) -> str:
+    """`url` with a password in its user info, and a user name that looks like a key, replaced by '***'."""
+    before, user, password, after = _userinfo(url)
     shown_user = MASK if _looks_like_key(user) else user
     shown_password = "" if password is None else f":{MASK if password else ''}"
     return f"{before}{shown_user}{shown_password}{after}"
+
+
+def redact_url(url: str) -> str:
+    """`url` as it may be shown or stored: a password in its user info (https://user:KEY@host/v1), a user
+    name that looks like a key (https://sk-...@host/v1) and the value of a query parameter whose name looks
+    secret (https://host/v1?api_key=KEY, is_secret_param) replaced by '***'; anything else as written, never
+    re-encoded. The query is read once the user info is masked, so a '?' in a password is no query and an
+    '@' in the query hides nothing. Every message, log line and file that names a server URL shows it
+    through this."""
+    return _mask_query(_mask_userinfo(url)) if isinstance(url, str) else url
 
 
 def redact_urls(data: T) -> T:
@@ -360,13 +419,13 @@ def url_secrets(url: str) -> list[str]:
     """The secrets redact_url hides in `url` (as written and percent-decoded, as a client sends them), for
     masking a server's echo of them; a secret shorter than 4 characters is left out (masking it would
     garble the text around it)."""
-    parts = _userinfo(url) if isinstance(url, str) else None
-    if parts is None:
+    if not isinstance(url, str):
         return []
-    _, user, _, password = parts
-    found = {password, unquote(password)} if password else set()
-    if _looks_like_key(user):
-        found |= {user, unquote(user)}
+    _, user, password, _ = _userinfo(url)
+    written = [value for _, value in secret_params(_mask_userinfo(url))]  # the query as redact_url reads it
+    written += [password] if password else []
+    written += [user] if _looks_like_key(user) else []
+    found = {form for secret in written for form in (secret, unquote(secret))}
     return sorted(s for s in found if len(s) >= 4)
 
 
