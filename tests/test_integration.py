@@ -1,5 +1,5 @@
-"""The real embedded SmolLM2, end to end: the quick demo writes every file of the run contract, and a
-run killed with SIGKILL during cycle 1 resumes to the same scores without recomputing cycle 0."""
+"""The real embedded SmolLM2, end to end: the quick demo writes every file of the run contract and its cycles
+to trackio, and a run killed with SIGKILL during cycle 1 resumes to the same scores without recomputing cycle 0."""
 
 from __future__ import annotations
 
@@ -23,9 +23,18 @@ def demo_cmd(out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> tuple[Path, str]:
+def trackio_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("trackio")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, trackio_dir) -> tuple[Path, str]:
+    """The quick demo, uninterrupted and tracked to trackio (#19). The killed run below is untracked, so its
+    byte-identical scores also show that tracking changes no score: it is not science."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    proc = subprocess.run(demo_cmd(out), capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "TRACKIO_DIR": str(trackio_dir)}
+    sets = ["--set", "tracking.backend=trackio", "--set", "tracking.project=demo-test"]
+    proc = subprocess.run([*demo_cmd(out), *sets], capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "demo-quick", proc.stdout
 
@@ -206,21 +215,19 @@ def test_the_quick_demo_exports_to_every_format_and_reads_back_equal(quick_run, 
         )  # inspect orders samples its own way
 
 
-def test_a_tracked_quick_demo_logs_its_cycles_to_trackio(tmp_path):
+def test_a_tracked_quick_demo_logs_its_cycles_to_trackio(quick_run, trackio_dir):
     """#19: the quick demo with tracking.backend=trackio; trackio's own storage holds each cycle's trait
-    mean equal to scores.csv (and tracking leaves the scores unchanged: it is not science)."""
+    mean equal to scores.csv."""
     import csv
 
-    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")}
-    sets = ["--set", "tracking.backend=trackio", "--set", "tracking.project=demo-test"]
-    proc = subprocess.run([*demo_cmd(tmp_path / "runs"), *sets], capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(tmp_path / "runs" / "demo-quick" / "scores.csv") as f:
+    run, _ = quick_run
+    with open(run / "scores.csv") as f:
         expected = {int(r["cycle"]): float(r["trait_mean"]) for r in csv.DictReader(f)}
     reader = (
         "import json, sys; from trackio.sqlite_storage import SQLiteStorage; "
         "logs = SQLiteStorage.get_logs('demo-test', run='demo-quick'); "
         "print(json.dumps({r['step']: r['trait_mean'] for r in logs if 'trait_mean' in r}))"
     )
+    env = {**os.environ, "TRACKIO_DIR": str(trackio_dir)}
     logged = json.loads(subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, env=env, check=True).stdout)
     assert {int(k): round(v, 4) for k, v in logged.items()} == expected

@@ -42,6 +42,7 @@ from traitloop.reproduce import (
     tier_grids,
 )
 from traitloop.settings import get_setting
+from traitloop.store import git_commit
 from traitloop.sweep import read_status
 from traitloop.traits import load_trait
 
@@ -336,6 +337,14 @@ def test_reproduce_runs_writes_the_table_and_resumes(tiny_dir, tmp_path, monkeyp
         assert condition["agreement"] == condition_agreement(FINDING_OF["sft"].expectations[0], condition["verdict"])
     assert row["agreement"] == finding_agreement([c["agreement"] for c in row["conditions"]])
     assert result["runs_total"] == result["runs_finished"] == 6 and result["runs_failed"] == 0
+    from traitloop.estimate import measured_cycle_seconds
+
+    per_run = [sum(measured_cycle_seconds(r).values()) for r in (sweep / "runs").glob("init-*")]
+    assert result["run_time"] == [
+        {"grid": "smoke-sft", "runs": 6, "seconds": pytest.approx(sum(per_run)), "min_s": min(per_run), "max_s": max(per_run)}
+    ]
+    assert f"- smoke-sft: {duration(sum(per_run))} over 6 run(s)" in (out / "reproduction.md").read_text()
+    assert result["run_commits"] == {git_commit(): 6}
     assert any("n_sampled does not vary" in n for n in result["notes"])  # no data-quantity figure, said so
     assert any("not run in this tier" in n and "SDF" in n and "DPO" in n for n in result["notes"])
     table = (out / "reproduction.md").read_text()
@@ -355,8 +364,6 @@ def test_reproduce_runs_writes_the_table_and_resumes(tiny_dir, tmp_path, monkeyp
 
     # A run left unfinished is timed, in the dry run, from the finished runs' own stage timings rather than
     # the throughput file: here its cycle 1, the median of the five others'.
-    from traitloop.estimate import measured_cycle_seconds
-
     todo = sweep / "runs" / "init-continual_seed-2"
     (todo / "cycle-001" / "DONE").unlink()
     (todo / "scores.csv").unlink()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,8 @@ def test_open_writes_config_and_manifest(store, cfg):
     versions = manifest["versions"]
     assert "python" in versions
     assert "torch" in versions and "transformers" in versions
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    assert versions["traitloop_commit"] == (head.stdout.strip() if head.returncode == 0 else "unknown")
     assert "created" in manifest and "updated" in manifest
 
 

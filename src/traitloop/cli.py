@@ -14,6 +14,7 @@ from rich.table import Table
 
 from traitloop.config import build_config, describe_fields, load_config
 from traitloop.errors import UserError
+from traitloop.store import git_commit
 
 app = typer.Typer(
     add_completion=False,
@@ -455,19 +456,6 @@ def traits_negatives(
     command = "traitloop traits negatives" + (f" --threads {threads}" if threads else "")
     for path in negatives.write(command, git_commit()):
         out.print(f"wrote {path}")
-
-
-def git_commit() -> str:
-    """The source tree's commit (short hash), or "unknown" outside a git checkout."""
-    import subprocess
-
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
 
 
 @traits_app.command("new")

@@ -449,6 +449,41 @@ def finished_roots(sweeps: list) -> list[Path]:
     return [s.root for s in sweeps if any((s.root / "runs").glob("*/scores.csv"))]
 
 
+def run_times(sweeps: list) -> list[dict[str, Any]]:
+    """Per grid, the seconds its finished runs spent, summed over the stage timings their manifests recorded
+    (estimate.measured_cycle_seconds: a cycle 0 and base evaluation copied from the seed's other run cost
+    nothing). Run time, not wall time: runs that ran side by side, or across restarts, count each."""
+    from traitloop.estimate import measured_cycle_seconds
+    from traitloop.sweep import is_finished
+
+    times = []
+    for sweep in sweeps:
+        finished = [r.config.run_dir for r in sweep.runs if is_finished(r.config)]
+        seconds = [sum(measured_cycle_seconds(run_dir).values()) for run_dir in finished]
+        if seconds:
+            times.append(
+                {"grid": sweep.root.name, "runs": len(seconds), "seconds": sum(seconds), "min_s": min(seconds), "max_s": max(seconds)}
+            )
+    return times
+
+
+def run_commits(sweeps: list) -> dict[str, int]:
+    """How many finished runs each traitloop commit last opened (manifest versions.traitloop_commit;
+    "not recorded" for runs made before it was): the table's commit is the one that wrote it."""
+    from collections import Counter
+
+    from traitloop.store import RunStore
+    from traitloop.sweep import is_finished
+
+    commits = Counter(
+        RunStore(r.config.run_dir).manifest().get("versions", {}).get("traitloop_commit", "not recorded")
+        for s in sweeps
+        for r in s.runs
+        if is_finished(r.config)
+    )
+    return dict(sorted(commits.items()))
+
+
 def comparisons(collection, summary: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per comparison: the conditions of one finding (same setting) that are equal in every key
     but init; a tier that also varies another key (n_sampled) gets one row per value. Also notes on
@@ -530,6 +565,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"- commit `{result['commit']}`, machine: {result['machine']}, written {result['written']}",
         f"- grids: {', '.join(result['grids'])}",
+        "- runs made at: " + ", ".join(f"{commit} ({n})" for commit, n in result["run_commits"].items()),
         f"- runs: {result['runs_finished']} finished of {result['runs_total']}"
         + (f"; {result['runs_failed']} failed (see each sweep's status.json and logs/)" if result["runs_failed"] else ""),
         f"- a replicated verdict needs {result['min_seeds']} independent seeds (`--min-seeds`); the rule is in report.html",
@@ -540,6 +576,17 @@ def render_markdown(result: dict[str, Any]) -> str:
     for row in result["rows"]:
         measured = "<br>".join(md_cell(measured_text(c)) for c in row["conditions"])
         lines.append(f"| {md_cell(row['title'])} | {md_cell(row['paper'])} | {measured} | **{row['agreement']}**: {md_cell(row['why'])} |")
+    lines += [
+        "",
+        "## Run time",
+        "",
+        "Each finished run's recorded stage timings, summed (not wall time: runs side by side count each):",
+        "",
+    ]
+    lines += [
+        f"- {t['grid']}: {duration(t['seconds'])} over {t['runs']} run(s), {duration(t['min_s'])} to {duration(t['max_s'])} each"
+        for t in result["run_time"]
+    ]
     lines += ["", "## How the agreement column is decided", "", result["mapping"], "", "## Notes", ""]
     lines += [f"- {n}" for n in result["notes"]]
     lines += ["", f"Every run, condition and figure: [report.html]({result['report']}) (and report.md)."]
@@ -612,6 +659,8 @@ def write_results(
         "runs_total": len(all_runs),
         "runs_finished": sum(is_finished(r.config) for r in all_runs),
         "runs_failed": failed,
+        "run_time": run_times(sweeps),
+        "run_commits": run_commits(sweeps),
         "mapping": MAPPING,
         "rows": rows,
         "notes": notes,

@@ -1033,11 +1033,26 @@ def _file_stamps(paths: list[Path]) -> tuple:
     return tuple(stamps)
 
 
+def git_commit() -> str:
+    """The source tree's commit (short hash), or "unknown" outside a git checkout."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
 def _versions() -> dict[str, str]:
+    """Python, traitloop's commit (the one that last opened the run: a resumed run may have started at
+    another) and the packages that change results."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), "traitloop_commit": git_commit()}
     for pkg in ["traitloop", "torch", "transformers", "trl", "peft", "sentence-transformers", "scikit-learn"]:
         try:
             out[pkg] = version(pkg)
