@@ -373,3 +373,20 @@ def test_reproduce_runs_writes_the_table_and_resumes(tiny_dir, tmp_path, monkeyp
     assert "6 runs, 1 to run" in words and "estimated from the stage timings of its 5 finished run(s)" in words, output
     others = sorted(measured_cycle_seconds(r)[1] for r in (sweep / "runs").glob("init-*") if r != todo)
     assert f"estimated: {duration(others[2])} of run time" in words, output
+
+
+def test_the_seeding_lift_is_cycle_0_over_the_base_model_averaged_over_runs():
+    """How much the seeding instilled: the mean of cycle 0 minus base; runs without a base evaluation are
+    left out, and None when no run has one (the table then says nothing about it)."""
+    from types import SimpleNamespace
+
+    def run(base, curve):
+        rows = [{"trait_mean": v} for v in curve]
+        return SimpleNamespace(base=None if base is None else {"trait_mean": base}, rows=rows, trait_curve=curve)
+
+    assert reproduce.seeding_lift([run(4.0, [10.0, 30.0]), run(6.0, [13.0, 2.0]), run(None, [90.0])]) == pytest.approx(6.5)
+    assert reproduce.seeding_lift([run(None, [40.0])]) is None
+    measured = {"init": "reset", "verdict": "static", "end_delta_text": "+1.0 [-3.0, +5.0]", "seeds": "5", "seeding_lift": 6.5}
+    assert reproduce.measured_text(measured) == "reset: static; s_N - s_0 +1.0 [-3.0, +5.0]; 5 seeds; cycle 0 +6.5 over the base model"
+    assert reproduce.seeding_note("sdf init=reset", 6.5).startswith("sdf init=reset: cycle 0 scores only +6.5 above the base model")
+    assert reproduce.seeding_note("sdf init=reset", 15.0) is None and reproduce.seeding_note("sdf init=reset", None) is None

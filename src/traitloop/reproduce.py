@@ -135,7 +135,7 @@ def finding_agreement(agreements: list[str]) -> str:
 def compare_finding(finding: Finding, measured: dict[str, dict[str, Any] | None], label: str = "") -> dict[str, Any]:
     """One table row: `measured` maps init -> that condition's summary (report_data.condition_summary's
     dict: overall, reason, end_delta, n_seeds, n_independent, min_seeds, verdicts; optionally
-    delta_coherence and condition) or None when the condition was not run."""
+    delta_coherence, seeding_lift and condition) or None when the condition was not run."""
     from traitloop.report_data import seed_interval, seeds_text
 
     conditions = []
@@ -160,6 +160,7 @@ def compare_finding(finding: Finding, measured: dict[str, dict[str, Any] | None]
                 min_seeds=m["min_seeds"],
                 run_verdicts=m.get("verdicts", {}),
                 delta_coherence=m.get("delta_coherence"),
+                seeding_lift=m.get("seeding_lift"),
             )
         conditions.append(entry)
     agreement = finding_agreement([c["agreement"] for c in conditions])
@@ -484,6 +485,28 @@ def run_commits(sweeps: list) -> dict[str, int]:
     return dict(sorted(commits.items()))
 
 
+SEEDING_LIFT_MIN = 15.0  # points of trait score: the paper's screening threshold, also the tiers' effect size
+
+
+def seeding_lift(runs: list) -> float | None:
+    """Mean over runs of the trait score at cycle 0 minus the base model's (how much the seeding instilled);
+    None when no run evaluated the base model."""
+    lifts = [r.trait_curve[0] - r.base["trait_mean"] for r in runs if r.base and r.base.get("trait_mean") is not None and r.rows]
+    lifts = [v for v in lifts if math.isfinite(v)]
+    return sum(lifts) / len(lifts) if lifts else None
+
+
+def seeding_note(title: str, lift: float | None) -> str | None:
+    """A note for a condition whose seeding instilled less than SEEDING_LIFT_MIN points (None otherwise)."""
+    if lift is None or lift >= SEEDING_LIFT_MIN:
+        return None
+    return (
+        f"{title}: cycle 0 scores only {lift:+.1f} above the base model on average over its seeds (under the "
+        f"{SEEDING_LIFT_MIN:g}-point screening threshold): the seeding barely instilled the trait, so a decay or a hold "
+        "says little about an instilled trait here; seed with more data (n_seed, `traitloop calibrate`) to test the claim"
+    )
+
+
 def comparisons(collection, summary: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per comparison: the conditions of one finding (same setting) that are equal in every key
     but init; a tier that also varies another key (n_sampled) gets one row per value. Also notes on
@@ -507,7 +530,11 @@ def comparisons(collection, summary: dict[str, Any]) -> tuple[list[dict[str, Any
         group = groups.setdefault(key, {"finding": finding, "rest": rest, "measured": {}})
         values = [deltas.get(name) for name in csum["runs"]]
         values = [v for v in values if v is not None and math.isfinite(v)]
-        group["measured"][init] = {**csum, "delta_coherence": sum(values) / len(values) if values else None}
+        lift = seeding_lift(condition.runs)
+        group["measured"][init] = {**csum, "delta_coherence": sum(values) / len(values) if values else None, "seeding_lift": lift}
+        note = seeding_note(condition.title, lift)
+        if note:
+            notes.append(note)
     rows = []
     for finding in FINDINGS:
         mine = [g for g in groups.values() if g["finding"] is finding]
@@ -549,6 +576,9 @@ def measured_text(condition: dict[str, Any], sep: str = "; ") -> str:
     counts = {k: v for k, v in (condition.get("run_verdicts") or {}).items() if v}
     if counts:
         parts.append("per run " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    lift = condition.get("seeding_lift")
+    if lift is not None:
+        parts.append(f"cycle 0 {lift:+.1f} over the base model")
     dc = condition.get("delta_coherence")
     if dc is not None:
         parts.append(f"coherence {dc:+.3f} nats/token")
