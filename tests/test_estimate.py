@@ -204,6 +204,8 @@ def test_finished_runs_give_each_cycles_median_and_the_time_a_run_has_left(tmp_p
     adopter = write_manifest(tmp_path / "copied", {"0": {"adopted": 0.0}, "1": {"data": 20.0, "train": 1000.0}})
     assert est.measured_cycle_seconds(runs[0]) == {-1: 20.0, 0: 110.0, 1: 60.0}
     assert est.measured_cycle_seconds(adopter) == {1: 1020.0}  # its cycle 0 cost nothing
+    assert est.measured_stage_seconds(runs[0]) == {"heldout": 10.0, "answers": 14.0, "judge": 5.0, "data": 21.0, "train": 140.0}
+    assert est.measured_stage_seconds(adopter) == {"data": 20.0, "train": 1000.0}
     profile = est.measured_profile([*runs, adopter])
     assert profile == {-1: 21.0, 0: 210.0, 1: 61.5}  # medians: (20, 21, 22); (110, 210, 310); (60, 61, 62, 1020)
 

@@ -340,9 +340,15 @@ def test_reproduce_runs_writes_the_table_and_resumes(tiny_dir, tmp_path, monkeyp
     from traitloop.estimate import measured_cycle_seconds
 
     per_run = [sum(measured_cycle_seconds(r).values()) for r in (sweep / "runs").glob("init-*")]
-    assert result["run_time"] == [
-        {"grid": "smoke-sft", "runs": 6, "seconds": pytest.approx(sum(per_run)), "min_s": min(per_run), "max_s": max(per_run)}
-    ]
+    (run_time,) = result["run_time"]
+    assert {k: run_time[k] for k in ("grid", "runs", "min_s", "max_s")} == {
+        "grid": "smoke-sft",
+        "runs": 6,
+        "min_s": pytest.approx(min(per_run)),
+        "max_s": pytest.approx(max(per_run)),
+    }
+    assert run_time["seconds"] == pytest.approx(sum(per_run)) == pytest.approx(sum(run_time["stages"].values()))
+    assert {"train", "data", "answers", "judge", "heldout"} <= set(run_time["stages"])
     assert f"- smoke-sft: {duration(sum(per_run))} over 6 run(s)" in (out / "reproduction.md").read_text()
     assert result["run_commits"] == {git_commit(): 6}
     assert any("n_sampled does not vary" in n for n in result["notes"])  # no data-quantity figure, said so

@@ -419,6 +419,22 @@ def measured_cycle_seconds(run_dir: Path) -> dict[int, float]:
     return out
 
 
+def measured_stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Seconds a run spent in each stage (train, data, answers, judge, heldout, ...), summed over the base
+    evaluation and every cycle it computed itself (adopted cycles left out, as in measured_cycle_seconds)."""
+    from traitloop.store import RunStore
+
+    out: dict[str, float] = {}
+    for record in RunStore(run_dir).manifest().get("cycles", {}).values():
+        timings = record.get("timings_s", {})
+        if "adopted" in timings:
+            continue
+        for stage, seconds in timings.items():
+            if stage not in NOT_A_STAGE:
+                out[stage] = out.get(stage, 0.0) + float(seconds)
+    return out
+
+
 def measured_profile(run_dirs: list[Path]) -> dict[int, float]:
     """Per cycle (k = -1: the base evaluation), the median of the seconds it took in the given runs that
     computed it themselves: the runs of one sweep grid do the same work per cycle."""

@@ -454,16 +454,27 @@ def run_times(sweeps: list) -> list[dict[str, Any]]:
     """Per grid, the seconds its finished runs spent, summed over the stage timings their manifests recorded
     (estimate.measured_cycle_seconds: a cycle 0 and base evaluation copied from the seed's other run cost
     nothing). Run time, not wall time: runs that ran side by side, or across restarts, count each."""
-    from traitloop.estimate import measured_cycle_seconds
+    from traitloop.estimate import measured_stage_seconds
     from traitloop.sweep import is_finished
 
     times = []
     for sweep in sweeps:
-        finished = [r.config.run_dir for r in sweep.runs if is_finished(r.config)]
-        seconds = [sum(measured_cycle_seconds(run_dir).values()) for run_dir in finished]
+        per_run = [measured_stage_seconds(r.config.run_dir) for r in sweep.runs if is_finished(r.config)]
+        seconds = [sum(stages.values()) for stages in per_run]
         if seconds:
+            stages: dict[str, float] = {}
+            for run in per_run:
+                for stage, s in run.items():
+                    stages[stage] = stages.get(stage, 0.0) + s
             times.append(
-                {"grid": sweep.root.name, "runs": len(seconds), "seconds": sum(seconds), "min_s": min(seconds), "max_s": max(seconds)}
+                {
+                    "grid": sweep.root.name,
+                    "runs": len(seconds),
+                    "seconds": sum(seconds),
+                    "min_s": min(seconds),
+                    "max_s": max(seconds),
+                    "stages": dict(sorted(stages.items(), key=lambda kv: -kv[1])),
+                }
             )
     return times
 
@@ -613,10 +624,12 @@ def render_markdown(result: dict[str, Any]) -> str:
         "Each finished run's recorded stage timings, summed (not wall time: runs side by side count each):",
         "",
     ]
-    lines += [
-        f"- {t['grid']}: {duration(t['seconds'])} over {t['runs']} run(s), {duration(t['min_s'])} to {duration(t['max_s'])} each"
-        for t in result["run_time"]
-    ]
+    for t in result["run_time"]:
+        shares = ", ".join(f"{stage} {seconds / t['seconds']:.0%}" for stage, seconds in t["stages"].items() if t["seconds"])
+        lines.append(
+            f"- {t['grid']}: {duration(t['seconds'])} over {t['runs']} run(s), {duration(t['min_s'])} to {duration(t['max_s'])} "
+            f"each; {shares}"
+        )
     lines += ["", "## How the agreement column is decided", "", result["mapping"], "", "## Notes", ""]
     lines += [f"- {n}" for n in result["notes"]]
     lines += ["", f"Every run, condition and figure: [report.html]({result['report']}) (and report.md)."]
