@@ -396,3 +396,19 @@ def test_the_seeding_lift_is_cycle_0_over_the_base_model_averaged_over_runs():
     assert reproduce.measured_text(measured) == "reset: static; s_N - s_0 +1.0 [-3.0, +5.0]; 5 seeds; cycle 0 +6.5 over the base model"
     assert reproduce.seeding_note("sdf init=reset", 6.5).startswith("sdf init=reset: cycle 0 scores only +6.5 above the base model")
     assert reproduce.seeding_note("sdf init=reset", 15.0) is None and reproduce.seeding_note("sdf init=reset", None) is None
+
+
+@pytest.mark.parametrize("verdict", ["replicated amplification", "replicated decay", "static", "not replicated"])
+def test_a_condition_whose_seeding_did_not_take_is_inconclusive_whatever_its_verdict(verdict):
+    """The paper's claims are about a seeded trait: under SEEDING_LIFT_MIN points of lift the row cannot
+    agree or disagree; at or above it (or with no base evaluation) the verdict decides as before."""
+    for finding in FINDINGS:
+        for expectation in finding.expectations:
+            assert reproduce.condition_agreement(expectation, verdict, seeding_lift=14.9) == "inconclusive"
+            decided = reproduce.condition_agreement(expectation, verdict)
+            assert reproduce.condition_agreement(expectation, verdict, seeding_lift=15.0) == decided
+    row = reproduce.compare_finding(
+        FINDING_OF["dpo"], {init: {**summary("static"), "seeding_lift": 0.5} for init in ("continual", "reset")}
+    )
+    assert row["agreement"] == "inconclusive"
+    assert "continual static (paper: amplifies, but not seeded: cycle 0 +0.5 over the base model)" in row["why"]

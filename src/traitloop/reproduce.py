@@ -103,19 +103,28 @@ FINDINGS: tuple[Finding, ...] = (
 )
 FINDING_OF = {f.key: f for f in FINDINGS}
 
+# Points of trait score cycle 0 must rise above the base model for a condition to test the paper's claims
+# (which are about a seeded trait): the paper's screening threshold, also the tiers' effect size.
+SEEDING_LIFT_MIN = 15.0
+
 MAPPING = (
     "Per condition: agrees when its replicated verdict is one the paper's claim predicts "
     "(amplifies: 'replicated amplification'; decays or stays level: 'replicated decay' or 'static'), disagrees "
     "when it is one the claim rules out (the other of those two groups), inconclusive otherwise ('not replicated', "
-    "'inconclusive', 'insufficient seeds', or the condition was not run). Per finding: disagrees when any "
+    "'inconclusive', 'insufficient seeds', or the condition was not run). Whatever its verdict, a condition whose "
+    f"cycle 0 rose less than {SEEDING_LIFT_MIN:g} points above the base model on average over its seeds is "
+    "inconclusive: the paper's claims are about a seeded trait, and the seeding did not instill one. Per finding: disagrees when any "
     "condition disagrees, agrees when every condition agrees, inconclusive otherwise. The coherence part of the "
     "SFT/SDF claim is reported (mean change over seeds) but not scored: coherence here is the log-likelihood "
     "under the base model, which measures how typical the text is, not whether it is coherent."
 )
 
 
-def condition_agreement(expectation: Expectation, verdict: str | None) -> str:
-    """agrees / disagrees / inconclusive for one condition's replicated verdict (None: not run)."""
+def condition_agreement(expectation: Expectation, verdict: str | None, seeding_lift: float | None = None) -> str:
+    """agrees / disagrees / inconclusive for one condition's replicated verdict (None: not run), given how far
+    its cycle 0 rose above the base model (None: the base model was not evaluated)."""
+    if seeding_lift is not None and seeding_lift < SEEDING_LIFT_MIN:
+        return INCONCLUSIVE
     if verdict in expectation.agrees:
         return AGREES
     if verdict in expectation.disagrees:
@@ -146,7 +155,7 @@ def compare_finding(finding: Finding, measured: dict[str, dict[str, Any] | None]
             "init": expectation.init,
             "paper_expects": expectation.claim,
             "verdict": verdict or "not run",
-            "agreement": condition_agreement(expectation, verdict),
+            "agreement": condition_agreement(expectation, verdict, m.get("seeding_lift") if m else None),
         }
         if m:
             entry.update(
@@ -178,7 +187,9 @@ def compare_finding(finding: Finding, measured: dict[str, dict[str, Any] | None]
 
 def agreement_reason(conditions: list[dict[str, Any]], agreement: str) -> str:
     def said(c: dict[str, Any]) -> str:
-        return f"{c['init']} {c['verdict']} (paper: {c['paper_expects']})"
+        lift = c.get("seeding_lift")
+        unseeded = f", but not seeded: cycle 0 {lift:+.1f} over the base model" if lift is not None and lift < SEEDING_LIFT_MIN else ""
+        return f"{c['init']} {c['verdict']} (paper: {c['paper_expects']}{unseeded})"
 
     if agreement == DISAGREES:
         return "contradicted by " + "; ".join(said(c) for c in conditions if c["agreement"] == DISAGREES)
@@ -496,9 +507,6 @@ def run_commits(sweeps: list) -> dict[str, int]:
     return dict(sorted(commits.items()))
 
 
-SEEDING_LIFT_MIN = 15.0  # points of trait score: the paper's screening threshold, also the tiers' effect size
-
-
 def seeding_lift(runs: list) -> float | None:
     """Mean over runs of the trait score at cycle 0 minus the base model's (how much the seeding instilled);
     None when no run evaluated the base model."""
@@ -513,8 +521,9 @@ def seeding_note(title: str, lift: float | None) -> str | None:
         return None
     return (
         f"{title}: cycle 0 scores only {lift:+.1f} above the base model on average over its seeds (under the "
-        f"{SEEDING_LIFT_MIN:g}-point screening threshold): the seeding barely instilled the trait, so a decay or a hold "
-        "says little about an instilled trait here; seed with more data (n_seed, `traitloop calibrate`) to test the claim"
+        f"{SEEDING_LIFT_MIN:g}-point screening threshold): the seeding barely instilled the trait, so its verdict says "
+        "little about what happens to an instilled one and it counts as inconclusive; seed with more data (n_seed, "
+        "`traitloop calibrate`) to test the claim"
     )
 
 
