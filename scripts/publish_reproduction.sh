@@ -4,11 +4,11 @@
 #
 #   scripts/publish_reproduction.sh reproduce/quick docs/reproduction/quick
 #
-# Per grid: sweep.yaml, status.json, report.md, and per run config.yaml, manifest.json, scores.csv and each
+# The tier's reproduction.md, reproduction.json, report.md and figures/*.png; per grid sweep.yaml and status.json,
+# and per run config.yaml, manifest.json, scores.csv and each
 # cycle's (and the base model's) eval.jsonl + metrics.json: every scored answer, which is what the per-run and
-# replicated verdicts are computed from (`traitloop report DEST/<grid>` gives the same verdicts). Plus the
-# tier's reproduction.md and reproduction.json. Not copied: adapters, training data, sampled answers, the
-# cycle0-cache, logs.
+# replicated verdicts are computed from (`traitloop report DEST/<grid>` gives the same verdicts). Not copied:
+# adapters, training data, sampled answers, the cycle0-cache, logs, report.html (megabytes of embedded figures).
 set -euo pipefail
 if [ $# -ne 2 ] || [ ! -f "$1/reproduction.json" ]; then
     echo "usage: $0 REPRODUCE_OUT DEST   (REPRODUCE_OUT holds reproduction.json: run traitloop reproduce first)" >&2
@@ -17,14 +17,17 @@ fi
 src=$1
 dest=$2
 mkdir -p "$dest"
-cp "$src/reproduction.md" "$src/reproduction.json" "$dest/"
+cp "$src/reproduction.md" "$src/reproduction.json" "$src/report.md" "$dest/"
+rm -rf "$dest/figures"
+mkdir -p "$dest/figures"
+cp "$src"/figures/*.png "$dest/figures/"
 for grid in "$src"/*/; do
     grid=${grid%/}
     [ -f "$grid/sweep.yaml" ] || continue
     name=$(basename "$grid")
     rm -rf "${dest:?}/$name"
     mkdir -p "$dest/$name"
-    for f in sweep.yaml status.json report.md; do
+    for f in sweep.yaml status.json; do
         [ -f "$grid/$f" ] && cp "$grid/$f" "$dest/$name/"
     done
     (

@@ -412,3 +412,22 @@ def test_a_condition_whose_seeding_did_not_take_is_inconclusive_whatever_its_ver
     )
     assert row["agreement"] == "inconclusive"
     assert "continual static (paper: amplifies, but not seeded: cycle 0 +0.5 over the base model)" in row["why"]
+
+
+PUBLISHED = Path(__file__).parents[1] / "docs" / "reproduction" / "quick"
+
+
+def test_the_published_quick_table_follows_from_the_published_runs():
+    """docs/REPRODUCTION.md's quick-tier table (docs/reproduction/quick/reproduction.json, written by a real
+    `traitloop reproduce --quick`) is recomputed here from the scored answers committed beside it
+    (scripts/publish_reproduction.sh): every verdict, interval, seed count and agreement."""
+    from traitloop.analysis import Criteria
+    from traitloop.report_data import clean, load_collection, summarize
+
+    published = json.loads((PUBLISHED / "reproduction.json").read_text())
+    grids = sorted(p.parent for p in PUBLISHED.glob("*/sweep.yaml"))
+    assert [g.name for g in grids] == ["quick-dpo", "quick-sdf", "quick-sft"]
+    collection = load_collection(grids, "traitloop reproduce --quick")
+    rows, _ = reproduce.comparisons(collection, clean(summarize(collection, Criteria(min_seeds=published["min_seeds"]))))
+    assert clean(rows) == published["rows"]
+    assert [row["finding"] for row in rows] == ["sft", "sdf", "dpo"]
