@@ -291,3 +291,25 @@ def test_a_saved_adapter_lists_its_target_modules_sorted_so_identical_adapters_h
     assert json.loads((saved / "adapter_config.json").read_text())["target_modules"] == ["o_proj", "q_proj", "v_proj"]
     reloaded = PeftModel.from_pretrained(make_model(tokenizer, seed=1), saved)  # and it still loads
     assert sorted(reloaded.peft_config["default"].target_modules) == ["o_proj", "q_proj", "v_proj"]
+
+
+def test_the_commit_is_traitloops_own_never_an_enclosing_repositorys(tmp_path):
+    """A checkout of traitloop gives its commit; the same file installed inside another repository (a
+    project's .venv) gives "unknown", not that project's commit."""
+
+    def commit_all(repo: Path) -> str:
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+        for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "x"]):
+            subprocess.run(["git", *args], cwd=repo, check=True, env=env, capture_output=True)
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+    checkout = tmp_path / "traitloop" / "src" / "traitloop" / "store.py"
+    installed = tmp_path / "project" / ".venv" / "lib" / "traitloop" / "store.py"
+    for path in (checkout, installed):
+        path.parent.mkdir(parents=True)
+        path.write_text("# a copy\n")
+    commit = commit_all(tmp_path / "traitloop")
+    assert store_mod.git_commit(checkout) == commit
+    commit_all(tmp_path / "project")
+    assert store_mod.git_commit(installed) == "unknown"
+    assert store_mod.git_commit(tmp_path / "nowhere" / "store.py") == "unknown"

@@ -1033,17 +1033,28 @@ def _file_stamps(paths: list[Path]) -> tuple:
     return tuple(stamps)
 
 
-def git_commit() -> str:
-    """The source tree's commit (short hash), or "unknown" outside a git checkout."""
+def git_commit(source: Path | None = None) -> str:
+    """traitloop's own commit (short hash) when it runs from a git checkout of traitloop, else "unknown" (an
+    installed package inside some other repository, say a project's .venv, must not report that project's).
+    source: this module's file (a test passes a copy)."""
     import subprocess
 
+    here = (source or Path(__file__)).resolve()
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10, check=False
+            ["git", "rev-parse", "--show-toplevel", "--short", "HEAD"],
+            cwd=here.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+    lines = done.stdout.split()
+    if done.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() / "src" / "traitloop" / here.name != here:
+        return "unknown"
+    return lines[1]
 
 
 def _versions() -> dict[str, str]:
