@@ -405,33 +405,32 @@ def _finished_cycles(config: ExperimentConfig) -> tuple[set[int], set[int]]:
 NOT_A_STAGE = ("cycle_total_this_process", "adopted", "judge_retry")  # totals and copies, not work to repeat
 
 
-def measured_cycle_seconds(run_dir: Path) -> dict[int, float]:
-    """Seconds each cycle of a run took (k = -1: the base model's evaluation), summed over the stage timings
-    its manifest recorded; a cycle copied from another run (adopted) is left out, as it cost nothing."""
+def computed_timings(run_dir: Path) -> dict[int, dict[str, float]]:
+    """Per cycle (k = -1: the base model's evaluation), the seconds of each stage the run's manifest recorded,
+    totals and retries left out; a cycle copied from another run (adopted) is left out, as it cost nothing."""
     from traitloop.store import RunStore
 
     out = {}
     for key, record in RunStore(run_dir).manifest().get("cycles", {}).items():
         timings = record.get("timings_s", {})
-        stages = [seconds for stage, seconds in timings.items() if stage not in NOT_A_STAGE]
+        stages = {stage: float(seconds) for stage, seconds in timings.items() if stage not in NOT_A_STAGE}
         if stages and "adopted" not in timings:
-            out[int(key)] = float(sum(stages))
+            out[int(key)] = stages
     return out
+
+
+def measured_cycle_seconds(run_dir: Path) -> dict[int, float]:
+    """Seconds each cycle of a run took, summed over its stages (computed_timings)."""
+    return {k: sum(stages.values()) for k, stages in computed_timings(run_dir).items()}
 
 
 def measured_stage_seconds(run_dir: Path) -> dict[str, float]:
     """Seconds a run spent in each stage (train, data, answers, judge, heldout, ...), summed over the base
-    evaluation and every cycle it computed itself (adopted cycles left out, as in measured_cycle_seconds)."""
-    from traitloop.store import RunStore
-
+    evaluation and every cycle it computed itself (computed_timings)."""
     out: dict[str, float] = {}
-    for record in RunStore(run_dir).manifest().get("cycles", {}).values():
-        timings = record.get("timings_s", {})
-        if "adopted" in timings:
-            continue
-        for stage, seconds in timings.items():
-            if stage not in NOT_A_STAGE:
-                out[stage] = out.get(stage, 0.0) + float(seconds)
+    for stages in computed_timings(run_dir).values():
+        for stage, seconds in stages.items():
+            out[stage] = out.get(stage, 0.0) + seconds
     return out
 
 
